@@ -1,0 +1,47 @@
+# Quick start on a fresh clone with nothing but Python: `make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; an unpinned torch pulls a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-min lint docs bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q -e ".[dev,docs,plot]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/w2s-generate demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x -p no:cacheprovider tests
+
+# The lowest supported transformers/peft, in a venv of its own, on the core tests.
+MIN_VENV := .venv-min
+test-min:
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install -q "$(TORCH_PIN)" "transformers==5.0.0" "peft==0.18.0"
+	$(MIN_VENV)/bin/python -m pip install -q -e ".[dev]"
+	$(MIN_VENV)/bin/python -m pytest -q -x -p no:cacheprovider -m "not slow" tests/test_scoring.py tests/test_processor.py tests/test_search.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_token_guidance.py
+	$(BIN)/python benchmarks/bench_chunk_search.py
+
+clean:
+	rm -rf $(VENV) $(MIN_VENV) site build dist

@@ -1,0 +1,339 @@
+"""Weak pairs: the small tuned/untuned models whose log-likelihood ratio steers the large model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from .scoring import GuidanceState, Side, right_pad
+
+Message = Mapping[str, str]
+#: A prompt for the weak side: plain text, chat messages (formatted with the weak tokenizer's chat
+#: template), or token ids already formatted for the weak tokenizer.
+Prompt = Union[str, Sequence[Message], Sequence[int]]
+#: A response: text (encoded without special tokens) or weak-tokenizer ids.
+Response = Union[str, Sequence[int]]
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS_SAFE = "adapter_model.safetensors"
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _check_causal_lm(model: torch.nn.Module, role: str) -> None:
+    config = getattr(_unwrap(model), "config", None)
+    if config is None:
+        raise TypeError(f"{role} must be a transformers causal LM; got {type(model).__name__}.")
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"{role} is an encoder-decoder model ({config.model_type}); weak pairs need decoder-only causal LMs."
+        )
+
+
+def _vocab_rows(model: torch.nn.Module) -> int:
+    return int(_unwrap(model).get_output_embeddings().weight.shape[0])
+
+
+class WeakPair:
+    """A tuned and an untuned small causal LM scoring ``log p_tuned(y|x) - log p_untuned(y|x)``.
+
+    The two models share one tokenizer. Both are put in eval mode. For one base model with a LoRA
+    adapter switched on and off, use :meth:`from_peft`; to load from disk or the hub, use
+    :meth:`from_pretrained`.
+
+    Args:
+        tuned: the small model tuned toward the preferred behaviour.
+        untuned: the same small model before tuning.
+        tokenizer: the tokenizer both models use.
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel, AutoTokenizer  # doctest: +SKIP
+        >>> pair = WeakPair(tuned_model, untuned_model, tokenizer)               # doctest: +SKIP
+        >>> pair.score(["Review:"], [" A wonderful film."])                      # doctest: +SKIP
+        tensor([1.7316])
+    """
+
+    def __init__(
+        self,
+        tuned: torch.nn.Module,
+        untuned: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+    ) -> None:
+        _check_causal_lm(tuned, "tuned")
+        _check_causal_lm(untuned, "untuned")
+        self._check_same_placement(tuned, untuned)
+        rows_tuned, rows_untuned = _vocab_rows(tuned), _vocab_rows(untuned)
+        if rows_tuned != rows_untuned:
+            raise ValueError(
+                f"tuned and untuned models have different vocabularies ({rows_tuned} vs {rows_untuned} rows): "
+                "a weak pair is one small model before and after tuning, sharing one tokenizer."
+            )
+        tuned.eval()
+        untuned.eval()
+        self._init(tokenizer, [Side(tuned), Side(untuned)], [1.0, -1.0])
+
+    def _init(self, tokenizer: PreTrainedTokenizerBase, sides: list[Side], coefficients: list[float]) -> None:
+        self.tokenizer = tokenizer
+        self.sides = sides
+        self.coefficients = coefficients
+        rows = _vocab_rows(sides[0].model)
+        if len(tokenizer) > rows:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens but the weak models only {rows} output rows: "
+                "pass the tokenizer the weak models were trained with."
+            )
+        self.vocab_rows = rows
+
+    @staticmethod
+    def _check_same_placement(*models: torch.nn.Module) -> None:
+        params = [next(_unwrap(m).parameters()) for m in models]
+        devices = {p.device for p in params}
+        if len(devices) > 1:
+            raise ValueError(
+                f"The weak models sit on different devices ({sorted(map(str, devices))}): move them to one "
+                "device, e.g. model.to('cuda:0')."
+            )
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_peft(
+        cls,
+        peft_model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        adapter_name: str = "default",
+    ) -> WeakPair:
+        """A pair from one base model with a LoRA adapter: tuned = adapter on, untuned = adapter off.
+
+        Both sides run in ONE forward over a mixed batch (peft's ``adapter_names``), so only one copy
+        of the base weights is in memory.
+
+        Args:
+            peft_model: a ``peft.PeftModel`` holding the adapter.
+            tokenizer: the base model's tokenizer.
+            adapter_name: which adapter is the tuned side.
+
+        Example:
+            >>> from peft import LoraConfig, get_peft_model                          # doctest: +SKIP
+            >>> peft_model = get_peft_model(base, LoraConfig(target_modules=["c_attn"]))  # doctest: +SKIP
+            >>> pair = WeakPair.from_peft(peft_model, tokenizer)                     # doctest: +SKIP
+        """
+        _check_peft_adapter(peft_model, adapter_name)
+        _check_causal_lm(peft_model, "peft_model")
+        peft_model.eval()
+        pair = cls.__new__(cls)
+        pair._init(tokenizer, [Side(peft_model, adapter_name), Side(peft_model, "__base__")], [1.0, -1.0])
+        return pair
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        tuned: str | os.PathLike,
+        untuned: str | os.PathLike | None = None,
+        *,
+        tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict | None = None,
+        allow_pickle: bool = False,
+        trust_remote_code: bool = False,
+        **model_kwargs: Any,
+    ) -> WeakPair:
+        """Load a pair from local paths or hub ids.
+
+        A LoRA adapter directory (or hub repo) as ``tuned`` with ``untuned=None`` means "that adapter
+        on its base model": one base in memory, :meth:`from_peft` semantics.
+
+        Args:
+            tuned: the tuned checkpoint, or a peft adapter.
+            untuned: the untuned checkpoint; ``None`` only when ``tuned`` is an adapter.
+            tokenizer: a tokenizer or where to load it; default: next to ``tuned`` (or its base).
+            dtype: weights dtype, e.g. ``torch.bfloat16``.
+            device_map: passed to ``from_pretrained`` (e.g. ``"auto"``).
+            allow_pickle: also load ``.bin`` (pickle) weights; safetensors only by default.
+            trust_remote_code: run model code from the repository; off unless asked for.
+            **model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
+
+        Example:
+            >>> pair = WeakPair.from_pretrained("lvwerra/gpt2-imdb", "gpt2")   # doctest: +SKIP
+            >>> pair = WeakPair.from_pretrained("path/to/my-lora-adapter")     # doctest: +SKIP
+        """
+        load = dict(model_kwargs)
+        load.update(use_safetensors=not allow_pickle or None, trust_remote_code=trust_remote_code)
+        if dtype is not None:
+            load["dtype"] = dtype
+        if device_map is not None:
+            load["device_map"] = device_map
+        adapter_dir = _adapter_dir(tuned, allow_pickle)
+        if adapter_dir is not None:
+            if untuned is not None:
+                raise ValueError(
+                    f"tuned={str(tuned)!r} is a LoRA adapter, whose untuned side is its own base model; "
+                    "leave untuned=None (or merge the adapter and pass two full checkpoints)."
+                )
+            from peft import PeftConfig, PeftModel
+
+            base_id = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
+            base = AutoModelForCausalLM.from_pretrained(base_id, **load)
+            peft_model = PeftModel.from_pretrained(base, adapter_dir, adapter_name="default")
+            tok = _load_tokenizer(tokenizer, [adapter_dir, base_id], trust_remote_code)
+            return cls.from_peft(peft_model, tok, "default")
+        if untuned is None:
+            raise ValueError(
+                f"untuned is missing: {str(tuned)!r} is a full checkpoint, not a LoRA adapter, so the pair needs "
+                "the untuned checkpoint too, e.g. WeakPair.from_pretrained('lvwerra/gpt2-imdb', 'gpt2')."
+            )
+        tuned_model = AutoModelForCausalLM.from_pretrained(tuned, **load)
+        untuned_model = AutoModelForCausalLM.from_pretrained(untuned, **load)
+        tok = _load_tokenizer(tokenizer, [tuned, untuned], trust_remote_code)
+        return cls(tuned_model, untuned_model, tok)
+
+    # ------------------------------------------------------------------ encoding
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
+            if candidate is not None:
+                return int(candidate)
+        return 0  # pragma: no cover
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Weak-side token ids of one prompt (chat messages go through the weak chat template)."""
+        if isinstance(prompt, str):
+            return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        if isinstance(prompt, torch.Tensor):
+            return [int(t) for t in prompt.tolist()]
+        items = list(prompt)
+        if items and all(isinstance(t, int) for t in items):
+            return items
+        if items and all(isinstance(m, Mapping) for m in items):
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(
+                    "The prompt is a list of chat messages but the weak tokenizer has no chat template: pass "
+                    "plain text prompts, or set tokenizer.chat_template."
+                )
+            text = self.tokenizer.apply_chat_template(items, add_generation_prompt=True, tokenize=False)
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        raise TypeError(
+            f"A prompt must be text, a list of chat messages or a list of token ids; got {type(prompt).__name__}."
+        )
+
+    def encode_response(self, response: Response) -> list[int]:
+        """Weak-side token ids of a response (text is encoded without special tokens)."""
+        if isinstance(response, str):
+            return list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+        if isinstance(response, torch.Tensor):
+            return [int(t) for t in response.tolist()]
+        return [int(t) for t in response]
+
+    # ------------------------------------------------------------------ scoring
+    def start(self, prompts: Sequence[Prompt]) -> GuidanceState:
+        """Prefill the prompts once: a KV-cached :class:`GuidanceState` with one row per prompt.
+
+        Example:
+            >>> state = pair.start(["Review:"])                            # doctest: +SKIP
+            >>> state.extend(torch.tensor([[318, 257]]))                   # doctest: +SKIP
+            tensor([0.4210])
+        """
+        return GuidanceState.prefill(
+            self.sides, self.coefficients, [self.encode_prompt(p) for p in prompts], self.pad_token_id
+        )
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[Response]) -> torch.Tensor:
+        """``log p_tuned(y|x) - log p_untuned(y|x)`` summed over each response's tokens: ``[B]`` floats.
+
+        Example:
+            >>> pair.score(["Review:", "Review:"], [" Great.", " Awful."])    # doctest: +SKIP
+            tensor([ 1.2034, -0.8810])
+        """
+        if len(prompts) != len(responses):
+            raise ValueError(
+                f"{len(prompts)} prompts but {len(responses)} responses: give one response per prompt."
+            )
+        state = self.start(prompts)
+        ids, lengths = right_pad([self.encode_response(r) for r in responses], self.pad_token_id)
+        state.extend(ids, lengths)
+        return state.scores
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(
+            f"{type(_unwrap(s.model)).__name__}" + (f"[{s.adapter_name}]" if s.adapter_name else "")
+            for s in self.sides
+        )
+        return f"{type(self).__name__}({kinds})"
+
+
+def _check_peft_adapter(peft_model: torch.nn.Module, adapter_name: str) -> None:
+    configs = getattr(peft_model, "peft_config", None)
+    if configs is None:
+        raise TypeError(
+            f"from_peft needs a peft.PeftModel; got {type(peft_model).__name__}. Wrap the base with "
+            "peft.get_peft_model or load an adapter with PeftModel.from_pretrained."
+        )
+    if adapter_name not in configs:
+        raise ValueError(f"adapter_name={adapter_name!r} is not loaded; the model holds {sorted(configs)}.")
+    config = configs[adapter_name]
+    if getattr(config, "use_dora", False):
+        raise ValueError(
+            f"Adapter {adapter_name!r} uses DoRA, which peft cannot mix with the base in one batch: use a plain "
+            "LoRA adapter, or merge it and pass two checkpoints to WeakPair(tuned, untuned, tokenizer)."
+        )
+    for module in peft_model.modules():
+        if getattr(module, "merged", False) and hasattr(module, "lora_A"):
+            raise ValueError(
+                "The peft model has merged adapter weights, so the base weights are gone and the untuned side "
+                "cannot be computed: call peft_model.unmerge_adapter() first."
+            )
+
+
+def _adapter_dir(path_or_id: str | os.PathLike, allow_pickle: bool) -> str | None:
+    """The local folder of a peft adapter at ``path_or_id``, or ``None`` when it is a full model."""
+    path = Path(path_or_id)
+    if path.is_dir():
+        if not (path / ADAPTER_CONFIG).exists():
+            return None
+        if not allow_pickle and not (path / ADAPTER_WEIGHTS_SAFE).exists():
+            raise ValueError(
+                f"{path} holds an adapter without {ADAPTER_WEIGHTS_SAFE}; only safetensors load by default. "
+                "Re-save it with save_pretrained(safe_serialization=True) or pass allow_pickle=True."
+            )
+        return str(path)
+    if os.path.exists(str(path_or_id)):
+        return None
+    from huggingface_hub import file_exists, snapshot_download
+
+    repo = str(path_or_id)
+    if not file_exists(repo, ADAPTER_CONFIG):
+        return None
+    patterns = [ADAPTER_CONFIG, ADAPTER_WEIGHTS_SAFE, "*.json", "*.model", "*.txt"]
+    if allow_pickle:
+        patterns.append("adapter_model.bin")
+    local = snapshot_download(repo, allow_patterns=patterns)
+    return _adapter_dir(local, allow_pickle)
+
+
+def _load_tokenizer(
+    tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None,
+    candidates: Sequence[str | os.PathLike],
+    trust_remote_code: bool,
+) -> PreTrainedTokenizerBase:
+    if isinstance(tokenizer, PreTrainedTokenizerBase):
+        return tokenizer
+    if tokenizer is not None:
+        return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
+    errors = []
+    for candidate in candidates:
+        try:
+            return AutoTokenizer.from_pretrained(candidate, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            errors.append(f"{candidate}: {error}")
+    raise ValueError(
+        "No tokenizer found next to the weak models; pass tokenizer=. Tried: " + "; ".join(errors)
+    )

@@ -1,0 +1,362 @@
+"""Incremental, KV-cached scoring of responses under a weighted sum of small-model log-likelihoods.
+
+A weak pair scores a response ``y`` to a prompt ``x`` by ``log p_tuned(y|x) - log p_untuned(y|x)``.
+Here that is the special case of a *guidance objective*: a list of :class:`Side` objects (a model,
+maybe a peft adapter name, maybe a conditioning text) with one coefficient each (``+1`` and ``-1``).
+Sides that share one model object run in ONE forward over a stacked batch (``adapter_names`` selects
+the adapter per row for peft models), so a base with a LoRA adapter keeps one copy of its weights.
+
+:class:`GuidanceState` holds ``N`` rows (hypotheses). It is prefilled once with the prompts, then
+extended by a few tokens at a time; rows can be selected or duplicated (beams) in place; tokens at the
+tail of a row can be replaced (used when text is re-tokenized across vocabularies). No prefix is ever
+encoded twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from ._compat import (
+    accepts_logits_to_keep,
+    accepts_position_ids,
+    guarded_mixed_adapter_forward,
+    new_cache,
+    select_cache_rows,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Side:
+    """One term of a guidance objective.
+
+    Attributes:
+        model: a causal LM (a plain transformers model or a peft model).
+        adapter_name: for a peft model, the adapter this side uses (``"__base__"`` for the base
+            weights); ``None`` for a plain model.
+        condition_ids: token ids placed before every prompt on this side (a prompt-conditioned
+            side); empty for none.
+    """
+
+    model: torch.nn.Module
+    adapter_name: str | None = None
+    condition_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class _Group:
+    """The sides that share one model object, stacked side-major: rows ``[s * N + n]``."""
+
+    model: torch.nn.Module
+    side_indices: list[int]
+    adapter_names: list[str] | None
+    uses_position_ids: bool
+    keeps_logits: bool
+    max_positions: int | None
+    cache: object = None
+    mask: torch.Tensor | None = None  # [S_g*N, T] 1 for tokens the rows attend to
+    ids: torch.Tensor | None = None  # [S_g*N, T] every token fed so far (to re-feed one after a retraction)
+    token_logp: torch.Tensor | None = None  # [S_g*N, T] counted log-prob of each fed token (0 if not counted)
+    last_logp: torch.Tensor | None = None  # [S_g*N, V] log-probs of the next token
+
+
+def _base_model(model: torch.nn.Module) -> PreTrainedModel:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _max_positions(model: torch.nn.Module) -> int | None:
+    config = _base_model(model).config
+    # Only absolute learned position tables are a hard limit; rotary models degrade but still run.
+    if getattr(config, "model_type", "") in {"gpt2", "gpt_neo", "opt", "gptj", "bloom", "codegen"}:
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return None
+
+
+def _left_pad(
+    rows: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[[ids...], ...] -> (ids [R, T], mask [R, T])`` left-padded."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            ids[i, width - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def right_pad(
+    rows: Sequence[Sequence[int]], pad_id: int = 0, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[[ids...], ...] -> (ids [R, T], lengths [R])`` right-padded; ``T >= 1``."""
+    width = max([len(r) for r in rows] + [1])
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    return ids.to(device), lengths.to(device)
+
+
+@dataclass
+class GuidanceState:
+    """KV-cached state of ``N`` rows under a guidance objective.
+
+    Create it with :meth:`w2s_generate.WeakPair.start`. ``scores`` holds the running objective of each
+    row (summed over the response tokens so far) and ``side_scores`` its per-side log-likelihoods.
+
+    Example:
+        >>> state = pair.start(["the film was"])                       # doctest: +SKIP
+        >>> state.extend(torch.tensor([[ids_of_good]]), torch.tensor([1]))  # doctest: +SKIP
+        >>> state.scores                                               # doctest: +SKIP
+    """
+
+    sides: list[Side]
+    coefficients: torch.Tensor  # [S]
+    pad_token_id: int
+    groups: list[_Group] = field(default_factory=list)
+    side_scores: torch.Tensor | None = None  # [S, N] float32
+    rows: int = 0
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def prefill(
+        cls,
+        sides: list[Side],
+        coefficients: Sequence[float],
+        prompt_ids: Sequence[Sequence[int]],
+        pad_token_id: int,
+    ) -> GuidanceState:
+        """Encode each prompt once on every side: ``N`` prompts -> a state of ``N`` rows."""
+        if not prompt_ids:
+            raise ValueError("prompt_ids is empty: give at least one prompt.")
+        device = _base_model(sides[0].model).device
+        state = cls(
+            sides=sides,
+            coefficients=torch.tensor(list(coefficients), dtype=torch.float32, device=device),
+            pad_token_id=pad_token_id,
+            rows=len(prompt_ids),
+        )
+        by_model: dict[int, _Group] = {}
+        for index, side in enumerate(sides):
+            group = by_model.get(id(side.model))
+            if group is None:
+                group = _Group(
+                    model=side.model,
+                    side_indices=[],
+                    adapter_names=None,
+                    uses_position_ids=accepts_position_ids(_base_model(side.model)),
+                    keeps_logits=accepts_logits_to_keep(_base_model(side.model)),
+                    max_positions=_max_positions(side.model),
+                )
+                by_model[id(side.model)] = group
+                state.groups.append(group)
+            group.side_indices.append(index)
+        for group in state.groups:
+            names = [sides[i].adapter_name for i in group.side_indices]
+            if any(n is not None for n in names):
+                if any(n is None for n in names):
+                    raise ValueError(
+                        "Sides on one peft model must all name an adapter (use '__base__' for the base weights); "
+                        f"got adapter names {names}."
+                    )
+                group.adapter_names = [n for n in names for _ in range(len(prompt_ids))]
+            rows = [list(sides[i].condition_ids) + list(p) for i in group.side_indices for p in prompt_ids]
+            if any(len(r) == 0 for r in rows):
+                raise ValueError("A prompt encodes to zero tokens on the weak side; give a non-empty prompt.")
+            ids, mask = _left_pad(rows, pad_token_id, device)
+            state._check_length(group, mask.shape[1])
+            group.cache = new_cache(_base_model(group.model))
+            logits = state._forward(group, ids, mask, last_only=True)
+            group.mask, group.ids = mask, ids
+            group.token_logp = torch.zeros(ids.shape, dtype=torch.float32, device=device)
+            group.last_logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
+        state.side_scores = torch.zeros((len(sides), state.rows), dtype=torch.float32, device=device)
+        return state
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def scores(self) -> torch.Tensor:
+        """``[N]`` the objective of each row: ``sum_s coefficient_s * log p_s(response | prompt)``."""
+        return self.coefficients @ self.side_scores
+
+    def next_token_logprobs(self) -> torch.Tensor:
+        """``[S, N, V]`` each side's log-probabilities of the next token of every row."""
+        out: list[torch.Tensor | None] = [None] * len(self.sides)
+        for group in self.groups:
+            per_side = group.last_logp.view(len(group.side_indices), self.rows, -1)
+            for k, side_index in enumerate(group.side_indices):
+                out[side_index] = per_side[k]
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def next_token_guidance(self) -> torch.Tensor:
+        """``[N, V]`` the objective's next-token term: ``sum_s coefficient_s * log p_s(v | row)``."""
+        return torch.einsum("s,snv->nv", self.coefficients, self.next_token_logprobs())
+
+    # ------------------------------------------------------------------ updates
+    def select(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (duplicates allowed), in that order: ``N -> len(index)`` rows, in place."""
+        index = index.to(self.side_scores.device, torch.long)
+        for group in self.groups:
+            n_sides = len(group.side_indices)
+            offsets = torch.arange(n_sides, device=index.device).repeat_interleave(index.numel()) * self.rows
+            stacked = index.repeat(n_sides) + offsets
+            select_cache_rows(group.cache, stacked)
+            group.mask = group.mask[stacked]
+            group.ids = group.ids[stacked]
+            group.token_logp = group.token_logp[stacked]
+            group.last_logp = group.last_logp[stacked]
+            if group.adapter_names is not None:
+                group.adapter_names = [
+                    group.adapter_names[i * self.rows] for i in range(n_sides) for _ in range(index.numel())
+                ]
+        self.side_scores = self.side_scores[:, index]
+        self.rows = int(index.numel())
+
+    def extend(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ``tokens[n, :lengths[n]]`` to each row and score them.
+
+        Args:
+            tokens: ``[N, T]`` token ids (right-padded where ``lengths < T``).
+            lengths: ``[N]`` how many leading tokens of each row are real; default all ``T``.
+
+        Returns:
+            ``[N]`` the change of each row's objective.
+        """
+        return self.replace_tail(torch.zeros(self.rows, dtype=torch.long), tokens, lengths)
+
+    def replace_tail(
+        self, drop: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Forget the last ``drop[n]`` scored tokens of each row, then append ``tokens[n, :lengths[n]]``.
+
+        Dropped tokens are masked out of the cache rather than recomputed; the token before them is
+        fed once more (uncounted) so the next-token distribution is the one after the kept prefix.
+
+        Returns:
+            ``[N]`` the change of each row's objective.
+        """
+        device = self.side_scores.device
+        tokens = tokens.to(device)
+        n, width = tokens.shape
+        if n != self.rows:
+            raise ValueError(f"tokens has {n} rows but the state holds {self.rows}.")
+        lengths = (
+            torch.full((n,), width, dtype=torch.long, device=device)
+            if lengths is None
+            else lengths.to(device)
+        )
+        drop = drop.to(device, torch.long)
+        refeed = drop > 0
+        # New token matrix per row: [re-fed token?] + tokens[:length], left-aligned.
+        shift = refeed.long()
+        total_len = lengths + shift
+        new_width = int(total_len.max().item()) if n else 0
+        if new_width == 0:
+            return torch.zeros(n, device=device)
+        cols = torch.arange(new_width, device=device)
+        src = (cols[None, :] - shift[:, None]).clamp(min=0, max=max(width - 1, 0))
+        new_tokens = (
+            torch.gather(tokens, 1, src)
+            if width > 0
+            else torch.zeros((n, new_width), dtype=torch.long, device=device)
+        )
+        valid = cols[None, :] < total_len[:, None]
+        counted = valid & (cols[None, :] >= shift[:, None])
+        before = self.side_scores.clone()
+        for group in self.groups:
+            n_sides = len(group.side_indices)
+            side_rows = torch.as_tensor(group.side_indices, device=device)
+            group_drop = drop.repeat(n_sides)
+            if bool(refeed.any()):
+                refed_ids, removed = self._mask_tail(group, group_drop)
+                # removed: [S_g*N] log-prob mass taken off each row (the re-fed token's stays counted)
+                self.side_scores[side_rows] -= removed.view(n_sides, n)
+                ids = new_tokens.repeat(n_sides, 1)
+                ids[:, 0] = torch.where(refeed.repeat(n_sides), refed_ids, ids[:, 0])
+            else:
+                ids = new_tokens.repeat(n_sides, 1)
+            group_valid = valid.repeat(n_sides, 1)
+            mask = torch.cat([group.mask, group_valid.long()], dim=1)
+            self._check_length(group, int(mask.sum(-1).max().item()))
+            logits = self._forward(group, ids, mask, last_only=False).float()
+            # log p(token_t | prefix): the distribution before position t is last_logp for t=0, logits[t-1] after.
+            lse = torch.logsumexp(logits, dim=-1)  # [R, T]
+            first = group.last_logp.gather(-1, ids[:, :1]).squeeze(-1)
+            token_logp = torch.cat([first.unsqueeze(-1), self._shift_logp(logits, lse, ids)], dim=1)
+            group_counted = counted.repeat(n_sides, 1)
+            token_logp = torch.where(group_counted, token_logp, torch.zeros_like(token_logp))
+            self.side_scores[side_rows] += token_logp.sum(-1).view(n_sides, n)
+            # The next-token distribution comes from each row's last real token.
+            last_index = (total_len.repeat(n_sides) - 1).clamp(min=0)
+            last_logits = logits[torch.arange(logits.shape[0], device=device), last_index]
+            has_new = total_len.repeat(n_sides) > 0
+            group.last_logp = torch.where(
+                has_new[:, None], torch.log_softmax(last_logits, dim=-1), group.last_logp
+            )
+            group.mask = mask
+            group.ids = torch.cat([group.ids, ids], dim=1)
+            group.token_logp = torch.cat([group.token_logp, token_logp], dim=1)
+        return self.coefficients @ (self.side_scores - before)
+
+    # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _shift_logp(logits: torch.Tensor, lse: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``[R, T, V], [R, T], [R, T] -> [R, T-1]``: log p(ids[t] | ..., ids[t-1]) for t >= 1."""
+        if ids.shape[1] < 2:
+            return ids.new_zeros((ids.shape[0], 0), dtype=torch.float32)
+        return logits[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - lse[:, :-1]
+
+    def _mask_tail(self, group: _Group, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask out the last ``drop+1`` attended tokens of rows with ``drop > 0``.
+
+        Returns the id of the earliest masked token per row (to re-feed) and the counted log-prob mass
+        removed, not including that re-fed token, whose own log-prob stays valid.
+        """
+        attended = group.mask.bool()
+        # How many attended tokens sit at or after each column.
+        from_right = attended.flip(-1).long().cumsum(-1).flip(-1)
+        to_mask = attended & (from_right <= (drop + 1)[:, None]) & (drop > 0)[:, None]
+        available = attended.sum(-1)
+        if bool(((drop + 1 > available) & (drop > 0)).any()):
+            raise ValueError("Cannot drop more tokens than a row holds.")
+        refed_pos = (attended & (from_right == (drop + 1)[:, None])).long().argmax(-1)
+        refed_ids = group.ids.gather(1, refed_pos[:, None]).squeeze(1)
+        refed_logp = group.token_logp.gather(1, refed_pos[:, None]).squeeze(1)
+        removed = torch.where(to_mask, group.token_logp, torch.zeros_like(group.token_logp)).sum(-1)
+        removed = torch.where(drop > 0, removed - refed_logp, removed)
+        group.mask = torch.where(to_mask, torch.zeros_like(group.mask), group.mask)
+        group.token_logp = torch.where(to_mask, torch.zeros_like(group.token_logp), group.token_logp)
+        return refed_ids, removed
+
+    def _check_length(self, group: _Group, length: int) -> None:
+        if group.max_positions is not None and length > group.max_positions:
+            raise ValueError(
+                f"A weak-side row would hold {length} tokens, more than the weak model's context of "
+                f"{group.max_positions} positions: shorten the prompt given to the pair (weak_prompts=) or "
+                "max_new_tokens."
+            )
+
+    def _forward(self, group: _Group, ids: torch.Tensor, mask: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """One forward of a group's stacked rows from its cache: returns logits ``[R, T, V]``."""
+        width = ids.shape[1]
+        kwargs: dict = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "past_key_values": group.cache,
+            "use_cache": True,
+        }
+        if group.uses_position_ids:
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
+        if last_only and group.keeps_logits:
+            kwargs["logits_to_keep"] = 1
+        if group.adapter_names is not None:
+            kwargs["adapter_names"] = group.adapter_names
+            with guarded_mixed_adapter_forward(group.model):
+                return group.model(**kwargs).logits
+        return group.model(**kwargs).logits

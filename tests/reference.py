@@ -1,0 +1,22 @@
+"""Naive references computed from scratch (no cache, no batching): the oracles of the test suite."""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def full_logprob(model, prompt_ids: list[int], response_ids: list[int], **forward_kwargs) -> float:
+    """log p(response | prompt) by one uncached forward over prompt + response."""
+    ids = torch.tensor([list(prompt_ids) + list(response_ids)])
+    logits = model(input_ids=ids, **forward_kwargs).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    start = len(prompt_ids)
+    return float(sum(logp[start - 1 + i, t] for i, t in enumerate(response_ids)))
+
+
+@torch.no_grad()
+def next_logprobs(model, ids: list[int], **forward_kwargs) -> torch.Tensor:
+    """log p(. | ids) from one uncached forward."""
+    logits = model(input_ids=torch.tensor([list(ids)]), **forward_kwargs).logits[0, -1].float()
+    return torch.log_softmax(logits, dim=-1)

@@ -1,0 +1,132 @@
+"""The KV-cached scorer against a naive full recompute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import full_logprob
+
+import w2s_generate as w2s
+
+PROMPTS = ["the film was", "a quiet story about a family in", "terrible"]
+RESPONSES = [" wonderful and great", " a small town!", " pacing, weak characters and a boring script"]
+
+
+def naive_score(pair: w2s.WeakPair, prompt: str, response: str) -> float:
+    p = pair.encode_prompt(prompt)
+    r = pair.encode_response(response)
+    tuned, untuned = pair.sides[0].model, pair.sides[1].model
+    return full_logprob(tuned, p, r) - full_logprob(untuned, p, r)
+
+
+@pytest.fixture
+def pair(family, tokenizer):
+    return w2s.WeakPair(
+        make_model(family, len(tokenizer), 1), make_model(family, len(tokenizer), 2), tokenizer
+    )
+
+
+def test_score_equals_full_recompute(pair):
+    got = pair.score(PROMPTS, RESPONSES)
+    want = torch.tensor([naive_score(pair, p, r) for p, r in zip(PROMPTS, RESPONSES)])
+    assert got.shape == (3,)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got, torch.zeros(3))
+
+
+def test_incremental_chunks_equal_one_shot(pair):
+    responses = [pair.encode_response(r) for r in RESPONSES]
+    state = pair.start(PROMPTS)
+    total = torch.zeros(3)
+    width = max(map(len, responses))
+    for start in range(0, width, 3):
+        chunk = [r[start : start + 3] for r in responses]
+        ids, lengths = w2s.scoring.right_pad(chunk, pair.pad_token_id)
+        total += state.extend(ids, lengths)
+    torch.testing.assert_close(state.scores, pair.score(PROMPTS, RESPONSES), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(total, state.scores, atol=1e-4, rtol=1e-4)
+
+
+def test_select_duplicates_and_reorders_rows(pair):
+    state = pair.start(PROMPTS)
+    first = [pair.encode_response(r)[:2] for r in RESPONSES]
+    state.extend(*w2s.scoring.right_pad(first, pair.pad_token_id))
+    state.select(torch.tensor([2, 0, 0, 1]))
+    rest = [" more", " and more", " or less", "!"]
+    rest_ids = [pair.encode_response(r) for r in rest]
+    state.extend(*w2s.scoring.right_pad(rest_ids, pair.pad_token_id))
+    order = [2, 0, 0, 1]
+    # Compare on ids directly (decode/encode may merge differently): naive on the id sequences.
+    tuned, untuned = pair.sides[0].model, pair.sides[1].model
+    want = torch.tensor(
+        [
+            full_logprob(tuned, pair.encode_prompt(PROMPTS[o]), first[o] + rest_ids[i])
+            - full_logprob(untuned, pair.encode_prompt(PROMPTS[o]), first[o] + rest_ids[i])
+            for i, o in enumerate(order)
+        ]
+    )
+    torch.testing.assert_close(state.scores, want, atol=1e-4, rtol=1e-4)
+
+
+def test_replace_tail_equals_scoring_the_new_text(pair):
+    prompt = PROMPTS[:2]
+    old = [pair.encode_response(" the plot was dul"), pair.encode_response(" terr")]
+    state = pair.start(prompt)
+    state.extend(*w2s.scoring.right_pad(old, pair.pad_token_id))
+    new = [pair.encode_response(" the plot was dull and slow"), pair.encode_response(" terrible")]
+    keep = []
+    for o, n in zip(old, new):
+        k = 0
+        while k < min(len(o), len(n)) and o[k] == n[k]:
+            k += 1
+        keep.append(k)
+    drop = torch.tensor([len(o) - k for o, k in zip(old, keep)])
+    tails = [n[k:] for n, k in zip(new, keep)]
+    assert int(drop.sum()) > 0, "the case must exercise a retraction"
+    state.replace_tail(drop, *w2s.scoring.right_pad(tails, pair.pad_token_id))
+    want = pair.score(prompt, new)
+    torch.testing.assert_close(state.scores, want, atol=1e-4, rtol=1e-4)
+
+
+def test_replace_tail_can_drop_the_whole_response(pair):
+    state = pair.start(PROMPTS[:1])
+    state.extend(torch.tensor([pair.encode_response(" wonderful")]))
+    n = len(pair.encode_response(" wonderful"))
+    state.replace_tail(torch.tensor([n]), torch.tensor([pair.encode_response(" awful")]))
+    torch.testing.assert_close(state.scores, pair.score(PROMPTS[:1], [" awful"]), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="Cannot drop more tokens"):
+        state.replace_tail(torch.tensor([50]), torch.tensor([[5]]))
+
+
+def test_identical_sides_score_zero(family, tokenizer):
+    model = make_model(family, len(tokenizer), 3)
+    pair = w2s.WeakPair(model, model, tokenizer)
+    assert torch.equal(pair.score(PROMPTS, RESPONSES), torch.zeros(3))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    family=st.sampled_from(["gpt2", "llama"]),
+    seed=st.integers(0, 1000),
+    batch=st.integers(1, 4),
+    data=st.data(),
+)
+def test_property_cached_scoring_matches_recompute(tokenizer, family, seed, batch, data):
+    vocab = len(tokenizer)
+    pair = w2s.WeakPair(make_model(family, vocab, seed), make_model(family, vocab, seed + 1), tokenizer)
+    ids = st.lists(st.integers(3, vocab - 1), min_size=1, max_size=7)
+    prompts = [data.draw(ids) for _ in range(batch)]
+    responses = [data.draw(st.lists(st.integers(3, vocab - 1), min_size=0, max_size=9)) for _ in range(batch)]
+    chunk = data.draw(st.integers(1, 4))
+    state = pair.start(prompts)
+    for start in range(0, max(map(len, responses)) or 1, chunk):
+        piece = [r[start : start + chunk] for r in responses]
+        state.extend(*w2s.scoring.right_pad(piece, pair.pad_token_id))
+    tuned, untuned = pair.sides[0].model, pair.sides[1].model
+    want = torch.tensor(
+        [full_logprob(tuned, p, r) - full_logprob(untuned, p, r) for p, r in zip(prompts, responses)]
+    )
+    torch.testing.assert_close(state.scores, want, atol=2e-4, rtol=2e-4)
