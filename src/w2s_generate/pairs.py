@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -15,9 +15,9 @@ from .scoring import GuidanceState, Side, right_pad
 Message = Mapping[str, str]
 #: A prompt for the weak side: plain text, chat messages (formatted with the weak tokenizer's chat
 #: template), or token ids already formatted for the weak tokenizer.
-Prompt = Union[str, Sequence[Message], Sequence[int]]
+Prompt = str | Sequence[Message] | Sequence[int]
 #: A response: text (encoded without special tokens) or weak-tokenizer ids.
-Response = Union[str, Sequence[int]]
+Response = str | Sequence[int]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS_SAFE = "adapter_model.safetensors"
