@@ -2,7 +2,8 @@
 
 from . import scoring
 from .pairs import WeakPair
+from .processor import WeakToStrongLogitsProcessor
 from .scoring import GuidanceState, Side
 
 __version__ = "0.1.0"
-__all__ = ["GuidanceState", "Side", "WeakPair", "scoring"]
+__all__ = ["GuidanceState", "Side", "WeakPair", "WeakToStrongLogitsProcessor", "scoring"]
