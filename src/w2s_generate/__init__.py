@@ -1,9 +1,32 @@
-"""Weak-to-strong search for Hugging Face transformers."""
+"""Weak-to-strong search for Hugging Face transformers.
+
+Steer a frozen large language model at decoding time with a small tuned/untuned model pair
+(Zhou et al., 2024, arXiv 2405.19262): token-level guidance, chunk-level beam search and best-of-N,
+all usable through ``model.generate``.
+"""
 
 from . import scoring
+from .generate import TokenGuidance, W2SGenerationMixin, disable, enable
 from .pairs import WeakPair
 from .processor import WeakToStrongLogitsProcessor
 from .scoring import GuidanceState, Side
+from .search import BestOfN, ChunkBeamSearch, RoundTrace
+from .strategy import SearchOutput, Strategy
 
 __version__ = "0.1.0"
-__all__ = ["GuidanceState", "Side", "WeakPair", "WeakToStrongLogitsProcessor", "scoring"]
+__all__ = [
+    "BestOfN",
+    "ChunkBeamSearch",
+    "GuidanceState",
+    "RoundTrace",
+    "SearchOutput",
+    "Side",
+    "Strategy",
+    "TokenGuidance",
+    "W2SGenerationMixin",
+    "WeakPair",
+    "WeakToStrongLogitsProcessor",
+    "disable",
+    "enable",
+    "scoring",
+]

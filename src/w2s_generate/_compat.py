@@ -89,3 +89,29 @@ def guarded_mixed_adapter_forward(model: torch.nn.Module) -> Iterator[None]:
     except BaseException:
         _remove_leftover_adapter_hooks(model)
         raise
+
+
+def run_builtin_decoding(
+    model, input_ids, logits_processor, stopping_criteria, generation_config, streamer, **model_kwargs
+):
+    """Run transformers' own decoding loop (sampling, greedy or beam search) for ``generation_config``.
+
+    Uses ``GENERATION_MODES_MAPPING``, the table ``generate`` itself dispatches with (transformers 5).
+    """
+    from transformers.generation.utils import GENERATION_MODES_MAPPING
+
+    mode = generation_config.get_generation_mode()
+    name = GENERATION_MODES_MAPPING.get(mode)
+    if name is None or "/" in name or name == "_assisted_decoding":
+        raise ValueError(f"Token-level guidance runs inside sampling, greedy or beam search; got {mode}.")
+    method = getattr(type(model), name)
+    extra = {"streamer": streamer} if name == "_sample" else {}
+    return method(
+        model,
+        input_ids,
+        logits_processor=logits_processor,
+        stopping_criteria=stopping_criteria,
+        generation_config=generation_config,
+        **extra,
+        **model_kwargs,
+    )

@@ -1,0 +1,119 @@
+"""Entry points into ``model.generate``: ``strategy=`` after :func:`enable`, a mixin, token guidance."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from transformers import LogitsProcessorList
+
+from ._compat import run_builtin_decoding
+from .pairs import WeakPair
+from .processor import WeakToStrongLogitsProcessor, check_shared_vocabulary
+from .strategy import Strategy
+
+_ENABLED = "_w2s_original_generate"
+
+
+class TokenGuidance(Strategy):
+    """Token-level guidance as a strategy: the large model's own decoding loop with the guided processor.
+
+    The processor runs first among the logits processors (before temperature, top-k and top-p), and
+    is given the real attention mask of the prompts. Greedy, sampling and beam search all work.
+
+    Args:
+        pair: a weak pair sharing the large model's vocabulary.
+        beta: guidance strength.
+
+    Example:
+        >>> out = model.generate(**inputs, custom_generate=TokenGuidance(pair, beta=1.0), do_sample=True)  # doctest: +SKIP
+    """
+
+    def __init__(self, pair: WeakPair, beta: float = 1.0) -> None:
+        super().__init__()
+        self.processor = WeakToStrongLogitsProcessor(pair, beta)
+        self.pair = pair
+        self.beta = float(beta)
+
+    def __repr__(self) -> str:
+        return f"TokenGuidance(beta={self.beta}, pair={self.pair!r})"
+
+    @torch.no_grad()
+    def __call__(
+        self, model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs
+    ):
+        if self.bound_tokenizer is not None:
+            check_shared_vocabulary(self.pair, self.bound_tokenizer)
+        processor = WeakToStrongLogitsProcessor(
+            self.pair, self.beta, pad_token_id=self.processor.pad_token_id
+        )
+        processor._vocabulary_checked = self.bound_tokenizer is not None
+        processor.begin(input_ids, model_kwargs.get("attention_mask"))
+        processors = LogitsProcessorList([processor, *logits_processor])
+        streamer = self.bound_streamer
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        return run_builtin_decoding(
+            model,
+            input_ids,
+            processors,
+            self.extend_stopping_criteria(stopping_criteria),
+            generation_config,
+            streamer,
+            **model_kwargs,
+        )
+
+
+def _generate_with_strategy(original, *args, strategy: Strategy | None = None, **kwargs):
+    if strategy is None:
+        return original(*args, **kwargs)
+    if not callable(strategy):
+        raise TypeError(
+            f"strategy must be a w2s_generate strategy (or any callable); got {type(strategy).__name__}."
+        )
+    if kwargs.get("custom_generate") is not None:
+        raise ValueError("Pass either strategy= or custom_generate=, not both.")
+    if isinstance(strategy, Strategy):
+        # transformers drops these for callable strategies; the strategy handles them itself.
+        strategy = strategy.bind(
+            streamer=kwargs.pop("streamer", None),
+            tokenizer=kwargs.pop("tokenizer", None),
+            stop_strings=kwargs.pop("stop_strings", None),
+        )
+    return original(*args, custom_generate=strategy, **kwargs)
+
+
+def enable(model):
+    """Let ``model.generate`` take ``strategy=`` (an instance-level wrapper; idempotent).
+
+    Example:
+        >>> import w2s_generate as w2s                                                   # doctest: +SKIP
+        >>> w2s.enable(model)                                                            # doctest: +SKIP
+        >>> model.generate(**inputs, strategy=w2s.BestOfN(pair, n=8), do_sample=True)   # doctest: +SKIP
+    """
+    if getattr(model, _ENABLED, None) is not None:
+        return model
+    original = model.generate
+    setattr(model, _ENABLED, original)
+    model.generate = functools.partial(_generate_with_strategy, original)
+    return model
+
+
+def disable(model):
+    """Undo :func:`enable`."""
+    original = getattr(model, _ENABLED, None)
+    if original is not None:
+        del model.generate
+        delattr(model, _ENABLED)
+    return model
+
+
+class W2SGenerationMixin:
+    """Mixin for your own model classes: ``generate(strategy=...)`` without calling :func:`enable`.
+
+    Example:
+        >>> class MyLM(W2SGenerationMixin, LlamaForCausalLM): ...    # doctest: +SKIP
+    """
+
+    def generate(self, *args, strategy: Strategy | None = None, **kwargs):
+        return _generate_with_strategy(super().generate, *args, strategy=strategy, **kwargs)

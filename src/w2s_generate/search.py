@@ -1,0 +1,464 @@
+"""Chunk-level beam search (CBS) and best-of-N over a frozen large model, scored by a weak pair.
+
+Each round, every live beam of every prompt samples ``K`` chunks of ``L`` tokens from the large model
+(with its own logits processors, so temperature/top-k/top-p apply); each candidate is scored by the
+pair's log-ratio of the whole response so far; the best ``W`` distinct candidates per prompt survive.
+The large model's KV cache is prefilled once per prompt and re-indexed between rounds; the pair scores
+each chunk incrementally from its own cache (:class:`w2s_generate.scoring.GuidanceState`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+from ._compat import accepts_position_ids, new_cache, select_cache_rows
+from .bridge import TextBridge
+from .pairs import WeakPair
+from .processor import check_shared_vocabulary, rows_look_padded
+from .strategy import SearchOutput, Strategy
+
+
+@dataclass
+class RoundTrace:
+    """What one round of the search saw and kept (returned with ``return_trace=True``).
+
+    Attributes:
+        round: 0-based round number.
+        prompt_index: ``[R]`` which prompt each candidate belongs to.
+        responses: each candidate's generated token ids so far (large-model vocabulary).
+        scores: ``[R]`` each candidate's objective (the pair's log-ratio).
+        side_scores: ``[S, R]`` each side's log-likelihood of the candidate.
+        kept: ``[R]`` whether the candidate survived the round.
+    """
+
+    round: int
+    prompt_index: torch.Tensor
+    responses: list[list[int]]
+    scores: torch.Tensor
+    side_scores: torch.Tensor
+    kept: torch.Tensor
+
+
+@dataclass
+class _Finished:
+    response: list[int]
+    score: float
+
+
+@dataclass
+class _Pool:
+    """The W best distinct hypotheses of one prompt: live rows of the batch and finished responses."""
+
+    finished: list[_Finished] = field(default_factory=list)
+    done: bool = False
+
+
+class ChunkBeamSearch(Strategy):
+    """Chunk-level beam search steered by a weak pair (Zhou et al., 2024, arXiv 2405.19262).
+
+    Use it with plain transformers (``custom_generate=``) or after :func:`w2s_generate.enable`
+    (``strategy=``). Pass ``do_sample=True`` and the usual sampling settings; ``max_new_tokens``
+    bounds the response. ``num_return_sequences <= beam_width`` returns the best ones;
+    ``return_dict_in_generate=True`` returns a :class:`SearchOutput` with each sequence's log-ratio,
+    and ``return_trace=True`` adds the per-round trace.
+
+    Args:
+        pair: the weak pair whose log-ratio scores candidates.
+        beam_width: W, beams kept per prompt.
+        successors_per_beam: K, chunks sampled from each beam per round.
+        chunk_length: L, tokens per chunk; ``None`` samples whole responses (best-of-N).
+        tokenizer: the large model's tokenizer. Needed when it differs from the pair's (text is then
+            bridged by decoding and re-encoding); when not given, the pair's tokenizer is taken to be
+            the large model's, which is refused if the output tables differ by more than 1% of rows.
+
+    Example:
+        >>> cbs = ChunkBeamSearch(pair, beam_width=2, successors_per_beam=2, chunk_length=4)   # doctest: +SKIP
+        >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=16)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        pair: WeakPair,
+        beam_width: int = 4,
+        successors_per_beam: int = 4,
+        chunk_length: int | None = 5,
+        tokenizer=None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(pair, WeakPair):
+            raise TypeError(f"pair must be a w2s_generate.WeakPair; got {type(pair).__name__}.")
+        for name, value in (("beam_width", beam_width), ("successors_per_beam", successors_per_beam)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
+        if chunk_length is not None and (not isinstance(chunk_length, int) or chunk_length < 1):
+            raise ValueError(
+                f"chunk_length must be an integer >= 1 or None (whole responses); got {chunk_length!r}."
+            )
+        self.pair = pair
+        self.beam_width = beam_width
+        self.successors_per_beam = successors_per_beam
+        self.chunk_length = chunk_length
+        self.tokenizer = tokenizer
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(W={self.beam_width}, K={self.successors_per_beam}, L={self.chunk_length}, "
+            f"pair={self.pair!r})"
+        )
+
+    # ------------------------------------------------------------------ entry point from generate()
+    @torch.no_grad()
+    def __call__(
+        self,
+        model,
+        input_ids: torch.LongTensor,
+        logits_processor: LogitsProcessorList,
+        stopping_criteria: StoppingCriteriaList,
+        generation_config: GenerationConfig,
+        weak_prompts: list | None = None,
+        return_trace: bool = False,
+        **model_kwargs,
+    ):
+        config = generation_config
+        self._check_call(model, config)
+        expand = max(config.num_beams, config.num_return_sequences)
+        prompt_ids = input_ids[::expand]
+        mask = model_kwargs.get("attention_mask")
+        mask = torch.ones_like(prompt_ids) if mask is None else mask[::expand]
+        batch = prompt_ids.shape[0]
+        if weak_prompts is not None and len(weak_prompts) != batch:
+            raise ValueError(
+                f"weak_prompts has {len(weak_prompts)} entries for {batch} prompts: give one per prompt."
+            )
+        stopping_criteria = self.extend_stopping_criteria(stopping_criteria)
+        tokenizer = self.bound_tokenizer or self.tokenizer
+        bridge = self._bridge(model, tokenizer)
+        pad = _pad_token_id(config)
+        streamer = self.bound_streamer
+        if streamer is not None:
+            if batch != 1:
+                raise ValueError(f"A streamer takes one prompt at a time; got a batch of {batch}.")
+            streamer.put(prompt_ids.cpu())
+        result = _Search(
+            self,
+            model,
+            prompt_ids,
+            mask,
+            logits_processor,
+            stopping_criteria,
+            config,
+            pad,
+            bridge,
+            weak_prompts,
+            streamer,
+        ).run(return_trace)
+        if streamer is not None:
+            streamer.end()
+        if config.return_dict_in_generate:
+            return result
+        return result.sequences
+
+    def _check_call(self, model, config: GenerationConfig) -> None:
+        if getattr(model.config, "is_encoder_decoder", False):
+            raise ValueError(
+                f"{type(self).__name__} drives decoder-only models; {model.config.model_type} is encoder-decoder."
+            )
+        if not config.do_sample:
+            raise ValueError(
+                f"{type(self).__name__} samples candidate chunks: pass do_sample=True (with temperature/top_k/top_p "
+                "as wished)."
+            )
+        if config.num_beams != 1:
+            raise ValueError(
+                f"num_beams={config.num_beams}: {type(self).__name__} keeps its own beams; set beam_width instead."
+            )
+        if config.num_return_sequences > self.beam_width:
+            raise ValueError(
+                f"num_return_sequences={config.num_return_sequences} exceeds beam_width={self.beam_width}: the search "
+                "keeps only beam_width hypotheses per prompt. Raise beam_width or ask for fewer sequences."
+            )
+
+    def _bridge(self, model, tokenizer) -> TextBridge | None:
+        """``None`` when the pair reads the large model's token ids directly, else a text bridge."""
+        strong_rows = int(model.get_output_embeddings().weight.shape[0])
+        if tokenizer is None:
+            if rows_look_padded(strong_rows, self.pair.vocab_rows):
+                return None
+            raise ValueError(
+                f"The large model has {strong_rows} output rows and the weak pair {self.pair.vocab_rows}: they do not "
+                f"share a vocabulary, so pass the large model's tokenizer (tokenizer=... to {type(self).__name__}, or "
+                "to generate() with strategy=) to bridge the two through text."
+            )
+        try:
+            check_shared_vocabulary(self.pair, tokenizer)
+        except ValueError:
+            return TextBridge(tokenizer, self.pair)
+        return None
+
+
+class BestOfN(ChunkBeamSearch):
+    """Best of ``n`` whole samples by the pair's log-ratio: CBS with W=1, K=n and whole responses.
+
+    Example:
+        >>> bon = BestOfN(pair, n=16)                                                   # doctest: +SKIP
+        >>> out = model.generate(**inputs, custom_generate=bon, do_sample=True, max_new_tokens=32)  # doctest: +SKIP
+    """
+
+    def __init__(self, pair: WeakPair, n: int = 16, tokenizer=None) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1; got {n!r}.")
+        super().__init__(pair, beam_width=1, successors_per_beam=n, chunk_length=None, tokenizer=tokenizer)
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"BestOfN(n={self.n}, pair={self.pair!r})"
+
+
+def _pad_token_id(config: GenerationConfig) -> int:
+    if config.pad_token_id is not None:
+        return int(config.pad_token_id)
+    eos = config.eos_token_id
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    return int(eos) if eos is not None else 0
+
+
+class _Search:
+    """One run of the search over a batch of prompts. Rows: the live candidates of all prompts."""
+
+    def __init__(
+        self,
+        strategy,
+        model,
+        prompt_ids,
+        prompt_mask,
+        processors,
+        stopping,
+        config,
+        pad,
+        bridge,
+        weak_prompts,
+        streamer,
+    ):
+        self.s = strategy
+        self.model = model
+        self.prompt_ids = prompt_ids
+        self.prompt_mask = prompt_mask.long()
+        self.processors = processors
+        self.stopping = stopping
+        self.config = config
+        self.pad = pad
+        self.bridge = bridge
+        self.streamer = streamer
+        self.streamed = 0
+        self.batch = prompt_ids.shape[0]
+        self.prompt_len = prompt_ids.shape[1]
+        self.max_new = max(config.max_length - self.prompt_len, 0)
+        self.chunk = strategy.chunk_length or self.max_new or 1
+        self.uses_position_ids = accepts_position_ids(model)
+        self.weak_prompts = weak_prompts if weak_prompts is not None else self._default_weak_prompts()
+        self.trace: list[RoundTrace] = []
+
+    # ------------------------------------------------------------------ helpers (tensors)
+    def _default_weak_prompts(self) -> list:
+        rows = [
+            [t for t, m in zip(ids, mask) if m]
+            for ids, mask in zip(self.prompt_ids.tolist(), self.prompt_mask.tolist())
+        ]
+        if self.bridge is None:
+            return rows
+        return [self.bridge.strong_tokenizer.decode(r, skip_special_tokens=True) for r in rows]
+
+    def _forward(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        """``[R, T] -> [R, V]`` next-token logits after feeding ``ids`` (the mask already covers them)."""
+        kwargs = {"input_ids": ids, "attention_mask": self.mask, "past_key_values": cache, "use_cache": True}
+        if self.uses_position_ids:
+            kwargs["position_ids"] = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        return self.model(**kwargs, logits_to_keep=1).logits[:, -1].float()
+
+    # ------------------------------------------------------------------ the search
+    def run(self, return_trace: bool) -> SearchOutput:
+        W, K = self.s.beam_width, self.s.successors_per_beam
+        device = self.prompt_ids.device
+        # Prefill each prompt once, then expand its cache to the first round's W*K rows.
+        cache = new_cache(self.model)
+        self.mask = self.prompt_mask
+        logits = self._forward(self.prompt_ids, cache)
+        first = torch.arange(self.batch, device=device).repeat_interleave(W * K)
+        select_cache_rows(cache, first)
+        logits, self.mask = logits[first], self.mask[first]
+        seqs = self.prompt_ids[first]
+        prompt_of_row = first
+        weak = self.s.pair.start(self.weak_prompts)
+        weak.select(first)
+        weak_rows = [[] for _ in range(first.numel())] if self.bridge is not None else None
+        pools = [_Pool() for _ in range(self.batch)]
+        resp_len = torch.zeros(first.numel(), dtype=torch.long, device=device)
+        generated = 0
+        round_index = 0
+        while True:
+            # 1. Sample one chunk of L tokens for every live row from the large model.
+            steps = min(self.chunk, self.max_new - generated)
+            rows = seqs.shape[0]
+            unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+            lengths = torch.zeros(rows, dtype=torch.long, device=device)
+            for step in range(steps):
+                scores = self.processors(seqs, logits)
+                probs = torch.softmax(scores, dim=-1)
+                tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+                tokens = torch.where(unfinished, tokens, torch.full_like(tokens, self.pad))
+                seqs = torch.cat([seqs, tokens[:, None]], dim=-1)
+                self.mask = torch.cat([self.mask, unfinished[:, None].long()], dim=-1)
+                lengths += unfinished.long()
+                unfinished = unfinished & ~self.stopping(seqs, scores)
+                if step + 1 < steps and bool(unfinished.any()):
+                    logits = self._forward(tokens[:, None], cache)
+            generated += steps
+            resp_len = resp_len + lengths
+            chunk = seqs[:, -steps:] if steps else seqs[:, :0]
+            finished = ~unfinished | (generated >= self.max_new)
+            # 2. Score every candidate by the pair's log-ratio of its whole response so far.
+            if self.bridge is None:
+                weak.extend(chunk, lengths)
+            else:
+                self.bridge.advance(weak, weak_rows, seqs[:, self.prompt_len :], resp_len)
+            scores_now = weak.scores
+            # 3. Keep the best W distinct hypotheses per prompt (finished ones stay in the pool).
+            keep_rows = self._select(pools, prompt_of_row, seqs, resp_len, finished, scores_now, W)
+            if return_trace:
+                kept = torch.zeros(rows, dtype=torch.bool)
+                kept[keep_rows + self._kept_finished] = True
+                self.trace.append(
+                    RoundTrace(
+                        round_index,
+                        prompt_of_row.cpu(),
+                        [r[:n] for r, n in zip(seqs[:, self.prompt_len :].tolist(), resp_len.tolist())],
+                        scores_now.cpu(),
+                        weak.side_scores.cpu(),
+                        kept,
+                    )
+                )
+            self._stream(pools, seqs, keep_rows, prompt_of_row)
+            round_index += 1
+            if not keep_rows or generated >= self.max_new:
+                live = torch.as_tensor(keep_rows, dtype=torch.long, device=device)
+                return self._finish(
+                    pools,
+                    seqs[live],
+                    resp_len[live],
+                    prompt_of_row[live],
+                    weak.scores[live.to(weak.scores.device)],
+                )
+            # 4. Re-index both caches: survivors, each repeated K times.
+            live = torch.as_tensor(keep_rows, dtype=torch.long, device=device)
+            select_cache_rows(cache, live)
+            seqs, self.mask, prompt_of_row, resp_len = (
+                seqs[live],
+                self.mask[live],
+                prompt_of_row[live],
+                resp_len[live],
+            )
+            logits = self._forward(seqs[:, -1:], cache)
+            expand = torch.arange(live.numel(), device=device).repeat_interleave(K)
+            select_cache_rows(cache, expand)
+            seqs, self.mask, prompt_of_row = seqs[expand], self.mask[expand], prompt_of_row[expand]
+            logits, resp_len = logits[expand], resp_len[expand]
+            weak.select(live.to(weak.scores.device)[expand.to(weak.scores.device)])
+            if weak_rows is not None:
+                weak_rows = [list(weak_rows[int(live[int(i)])]) for i in expand.tolist()]
+
+    def _select(self, pools, prompt_of_row, seqs, resp_len, finished, scores, W) -> list[int]:
+        """Update each prompt's pool; return the live rows to expand next round (host sync, once a round)."""
+        responses = seqs[:, self.prompt_len :].tolist()
+        score_list = scores.tolist()
+        finished_list = finished.tolist()
+        owners = prompt_of_row.tolist()
+        ends = resp_len.tolist()
+        by_prompt: dict[int, list[int]] = {}
+        for row, owner in enumerate(owners):
+            by_prompt.setdefault(owner, []).append(row)
+        keep_rows: list[int] = []
+        self._kept_finished: list[int] = []
+        for b, pool in enumerate(pools):
+            if pool.done:
+                continue
+            candidates: list[tuple[float, tuple, int | None, _Finished | None]] = []
+            for item in pool.finished:
+                candidates.append((item.score, tuple(item.response), None, item))
+            for row in by_prompt.get(b, []):
+                response = responses[row][: ends[row]]
+                candidates.append((score_list[row], tuple(response), row, None))
+            # Stable order: higher score first, earlier candidate first among ties.
+            order = sorted(range(len(candidates)), key=lambda i: -candidates[i][0])
+            seen: set[tuple] = set()
+            kept_finished: list[_Finished] = []
+            kept_live: list[int] = []
+            for i in order:
+                score, key, row, item = candidates[i]
+                if key in seen:
+                    continue  # identical hypotheses take one slot
+                seen.add(key)
+                if item is not None:
+                    kept_finished.append(item)
+                elif finished_list[row]:
+                    kept_finished.append(_Finished(list(key), score))
+                    self._kept_finished.append(row)
+                else:
+                    kept_live.append(row)
+                if len(seen) == W:
+                    break
+            pool.finished = kept_finished
+            if not kept_live:
+                pool.done = True
+            keep_rows.extend(kept_live)
+        return keep_rows
+
+    def _stream(self, pools, seqs, keep_rows, prompt_of_row) -> None:
+        """Send the prefix shared by every surviving hypothesis to the streamer."""
+        if self.streamer is None:
+            return
+        hyps = [f.response for f in pools[0].finished] + [
+            seqs[r, self.prompt_len :].tolist() for r in keep_rows
+        ]
+        if not hyps:
+            return
+        common = min(len(h) for h in hyps)
+        for i in range(common):
+            if any(h[i] != hyps[0][i] for h in hyps):
+                common = i
+                break
+        if common > self.streamed:
+            self.streamer.put(torch.tensor(hyps[0][self.streamed : common]))
+            self.streamed = common
+
+    def _finish(self, pools, live_seqs, live_len, live_owner, live_scores) -> SearchOutput:
+        """Best ``num_return_sequences`` hypotheses per prompt, right-padded into one tensor."""
+        n_return = self.config.num_return_sequences
+        live_responses = [r[:n] for r, n in zip(live_seqs[:, self.prompt_len :].tolist(), live_len.tolist())]
+        live_scores_list = live_scores.tolist()
+        owners = live_owner.tolist()
+        rows: list[list[int]] = []
+        scores: list[float] = []
+        for b, pool in enumerate(pools):
+            hyps = [(f.score, f.response) for f in pool.finished]
+            hyps += [(live_scores_list[i], live_responses[i]) for i, o in enumerate(owners) if o == b]
+            hyps.sort(key=lambda h: -h[0])
+            for score, response in hyps[:n_return]:
+                rows.append(self.prompt_ids[b].tolist() + response)
+                scores.append(score)
+        width = max(len(r) for r in rows)
+        sequences = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            sequences[i, : len(r)] = torch.tensor(r)
+        if self.streamer is not None and rows:
+            rest = rows[0][self.prompt_len + self.streamed :]
+            if rest:
+                self.streamer.put(torch.tensor(rest))
+        return SearchOutput(
+            sequences=sequences.to(self.prompt_ids.device),
+            log_ratios=torch.tensor(scores),
+            trace=self.trace or None,
+        )

@@ -1,0 +1,63 @@
+"""What every decoding strategy shares: generate() plumbing and the search output."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from transformers import StoppingCriteriaList
+from transformers.generation.stopping_criteria import StopStringCriteria
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class SearchOutput(ModelOutput):
+    """What a search returns with ``return_dict_in_generate=True``.
+
+    Attributes:
+        sequences: ``[B * num_return_sequences, T]`` prompt + response ids, right-padded.
+        log_ratios: ``[B * num_return_sequences]`` the pair's objective of each returned response.
+        trace: with ``return_trace=True``, one :class:`w2s_generate.search.RoundTrace` per round.
+    """
+
+    sequences: torch.LongTensor | None = None
+    log_ratios: torch.FloatTensor | None = None
+    trace: list | None = None
+
+
+class Strategy:
+    """Base of the decoding strategies: a callable that ``model.generate`` runs.
+
+    transformers drops ``streamer=``, ``tokenizer=`` and ``stop_strings`` for callable strategies;
+    :meth:`bind` attaches them (``model.generate(strategy=...)`` does it for you after
+    :func:`w2s_generate.enable`).
+    """
+
+    def __init__(self) -> None:
+        self.bound_streamer = None
+        self.bound_tokenizer = None
+        self.bound_stop_strings: list[str] | None = None
+
+    def bind(self, streamer=None, tokenizer=None, stop_strings: str | list[str] | None = None) -> Strategy:
+        """A copy of this strategy that streams to ``streamer`` and stops at ``stop_strings``.
+
+        Example:
+            >>> out = model.generate(**inputs, do_sample=True,                      # doctest: +SKIP
+            ...                      custom_generate=cbs.bind(streamer=TextStreamer(tok), tokenizer=tok))
+        """
+        if stop_strings is not None and tokenizer is None:
+            raise ValueError("stop_strings needs the large model's tokenizer: pass tokenizer= as well.")
+        bound = copy.copy(self)
+        bound.bound_streamer = streamer
+        bound.bound_tokenizer = tokenizer
+        bound.bound_stop_strings = [stop_strings] if isinstance(stop_strings, str) else stop_strings
+        return bound
+
+    def extend_stopping_criteria(self, stopping_criteria: StoppingCriteriaList) -> StoppingCriteriaList:
+        """The prepared criteria plus the bound stop strings."""
+        if not self.bound_stop_strings:
+            return stopping_criteria
+        extended = StoppingCriteriaList(list(stopping_criteria))
+        extended.append(StopStringCriteria(self.bound_tokenizer, self.bound_stop_strings))
+        return extended
