@@ -61,7 +61,8 @@ class ChunkBeamSearch(Strategy):
 
     Use it with plain transformers (``custom_generate=``) or after :func:`w2s_generate.enable`
     (``strategy=``). Pass ``do_sample=True`` and the usual sampling settings; ``max_new_tokens``
-    bounds the response. ``num_return_sequences <= beam_width`` returns the best ones;
+    bounds the response. ``num_return_sequences <= beam_width`` returns the best ones (the best is
+    repeated when fewer distinct hypotheses exist);
     ``return_dict_in_generate=True`` returns a :class:`SearchOutput` with each sequence's log-ratio,
     and ``return_trace=True`` adds the per-round trace.
 
@@ -446,6 +447,8 @@ class _Search:
             hyps = [(f.score, f.response) for f in pool.finished]
             hyps += [(live_scores_list[i], live_responses[i]) for i, o in enumerate(owners) if o == b]
             hyps.sort(key=lambda h: -h[0])
+            # Fewer distinct hypotheses than asked for (e.g. top_k=1): repeat the best, as generate would.
+            hyps += [hyps[0]] * max(n_return - len(hyps), 0)
             for score, response in hyps[:n_return]:
                 rows.append(self.prompt_ids[b].tolist() + response)
                 scores.append(score)
