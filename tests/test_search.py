@@ -305,7 +305,7 @@ def test_spellings_agree(strong, pair, tokenizer):
             )
         w2s.disable(strong)
     by_name = {}
-    for spelling, name, out in results:
+    for _spelling, name, out in results:
         by_name.setdefault(name, []).append(out)
     for outs in by_name.values():
         assert all(torch.equal(outs[0], o) for o in outs[1:])
