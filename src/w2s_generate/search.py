@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteriaList
 
 from ._compat import accepts_position_ids, new_cache, select_cache_rows
 from .bridge import TextBridge
@@ -86,7 +86,7 @@ class ChunkBeamSearch(Strategy):
         beam_width: int = 4,
         successors_per_beam: int = 4,
         chunk_length: int | None = 5,
-        tokenizer=None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(pair, WeakPair):
@@ -208,7 +208,7 @@ class BestOfN(ChunkBeamSearch):
         >>> out = model.generate(**inputs, custom_generate=bon, do_sample=True, max_new_tokens=32)  # doctest: +SKIP
     """
 
-    def __init__(self, pair: WeakPair, n: int = 16, tokenizer=None) -> None:
+    def __init__(self, pair: WeakPair, n: int = 16, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1; got {n!r}.")
         super().__init__(pair, beam_width=1, successors_per_beam=n, chunk_length=None, tokenizer=tokenizer)
