@@ -6,6 +6,7 @@ all usable through ``model.generate``.
 """
 
 from . import scoring
+from .combined import GuidanceEnsemble, PromptPair
 from .generate import TokenGuidance, W2SGenerationMixin, disable, enable
 from .pairs import WeakPair
 from .processor import WeakToStrongLogitsProcessor
@@ -17,7 +18,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BestOfN",
     "ChunkBeamSearch",
+    "GuidanceEnsemble",
     "GuidanceState",
+    "PromptPair",
     "RoundTrace",
     "SearchOutput",
     "Side",

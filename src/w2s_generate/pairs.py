@@ -19,6 +19,8 @@ Prompt = str | Sequence[Message] | Sequence[int]
 #: A response: text (encoded without special tokens) or weak-tokenizer ids.
 Response = str | Sequence[int]
 
+#: Between a conditioning text and a plain-text prompt.
+CONDITION_SEPARATOR = "\n\n"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS_SAFE = "adapter_model.safetensors"
 
@@ -80,10 +82,18 @@ class WeakPair:
         untuned.eval()
         self._init(tokenizer, [Side(tuned), Side(untuned)], [1.0, -1.0])
 
-    def _init(self, tokenizer: PreTrainedTokenizerBase, sides: list[Side], coefficients: list[float]) -> None:
+    def _init(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        sides: list[Side],
+        coefficients: list[float],
+        components: dict[str, list[float]] | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.sides = sides
         self.coefficients = coefficients
+        #: name -> coefficients over ``sides`` of each scored component (one per pair of an ensemble).
+        self.components = components or {"pair": list(coefficients)}
         rows = _vocab_rows(sides[0].model)
         if len(tokenizer) > rows:
             raise ValueError(
@@ -203,23 +213,33 @@ class WeakPair:
                 return int(candidate)
         return 0  # pragma: no cover
 
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Weak-side token ids of one prompt (chat messages go through the weak chat template)."""
-        if isinstance(prompt, str):
-            return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    def encode_prompt(self, prompt: Prompt, condition: str | None = None) -> list[int]:
+        """Weak-side token ids of one prompt (chat messages go through the weak chat template).
+
+        A ``condition`` (prompt-conditioned sides) becomes a system message for chat prompts and a
+        preceding paragraph for text and token-id prompts.
+        """
+        tok = self.tokenizer
         if isinstance(prompt, torch.Tensor):
-            return [int(t) for t in prompt.tolist()]
+            prompt = [int(t) for t in prompt.tolist()]
+        if isinstance(prompt, str):
+            text = prompt if condition is None else condition + CONDITION_SEPARATOR + prompt
+            return list(tok(text, add_special_tokens=True)["input_ids"])
         items = list(prompt)
         if items and all(isinstance(t, int) for t in items):
-            return items
+            if condition is None:
+                return items
+            return list(tok(condition + CONDITION_SEPARATOR, add_special_tokens=True)["input_ids"]) + items
         if items and all(isinstance(m, Mapping) for m in items):
-            if not getattr(self.tokenizer, "chat_template", None):
+            if not getattr(tok, "chat_template", None):
                 raise ValueError(
                     "The prompt is a list of chat messages but the weak tokenizer has no chat template: pass "
                     "plain text prompts, or set tokenizer.chat_template."
                 )
-            text = self.tokenizer.apply_chat_template(items, add_generation_prompt=True, tokenize=False)
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if condition is not None:
+                items = [{"role": "system", "content": condition}, *items]
+            text = tok.apply_chat_template(items, add_generation_prompt=True, tokenize=False)
+            return list(tok(text, add_special_tokens=False)["input_ids"])
         raise TypeError(
             f"A prompt must be text, a list of chat messages or a list of token ids; got {type(prompt).__name__}."
         )
@@ -241,9 +261,12 @@ class WeakPair:
             >>> state.extend(torch.tensor([[318, 257]]))                   # doctest: +SKIP
             tensor([0.4210])
         """
-        return GuidanceState.prefill(
-            self.sides, self.coefficients, [self.encode_prompt(p) for p in prompts], self.pad_token_id
-        )
+        plain = [self.encode_prompt(p) for p in prompts]
+        per_side = [
+            plain if side.condition is None else [self.encode_prompt(p, side.condition) for p in prompts]
+            for side in self.sides
+        ]
+        return GuidanceState.prefill(self.sides, self.coefficients, per_side, self.pad_token_id)
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], responses: Sequence[Response]) -> torch.Tensor:

@@ -37,13 +37,13 @@ class Side:
         model: a causal LM (a plain transformers model or a peft model).
         adapter_name: for a peft model, the adapter this side uses (``"__base__"`` for the base
             weights); ``None`` for a plain model.
-        condition_ids: token ids placed before every prompt on this side (a prompt-conditioned
-            side); empty for none.
+        condition: a text this side reads before every prompt (a system prompt, a principle, a
+            persona): the tuned side of a prompt-conditioned pair; ``None`` for none.
     """
 
     model: torch.nn.Module
     adapter_name: str | None = None
-    condition_ids: tuple[int, ...] = ()
+    condition: str | None = None
 
 
 @dataclass
@@ -129,18 +129,20 @@ class GuidanceState:
         cls,
         sides: list[Side],
         coefficients: Sequence[float],
-        prompt_ids: Sequence[Sequence[int]],
+        prompt_ids: Sequence[Sequence[Sequence[int]]],
         pad_token_id: int,
     ) -> GuidanceState:
-        """Encode each prompt once on every side: ``N`` prompts -> a state of ``N`` rows."""
-        if not prompt_ids:
+        """Encode each prompt once on every side: ``prompt_ids[s][n]`` for side s -> a state of ``N`` rows."""
+        if len(prompt_ids) != len(sides):
+            raise ValueError(f"prompt_ids holds {len(prompt_ids)} sides' prompts for {len(sides)} sides.")
+        if not prompt_ids[0]:
             raise ValueError("prompt_ids is empty: give at least one prompt.")
         device = _base_model(sides[0].model).device
         state = cls(
             sides=sides,
             coefficients=torch.tensor(list(coefficients), dtype=torch.float32, device=device),
             pad_token_id=pad_token_id,
-            rows=len(prompt_ids),
+            rows=len(prompt_ids[0]),
         )
         by_model: dict[int, _Group] = {}
         for index, side in enumerate(sides):
@@ -165,8 +167,8 @@ class GuidanceState:
                         "Sides on one peft model must all name an adapter (use '__base__' for the base weights); "
                         f"got adapter names {names}."
                     )
-                group.adapter_names = [n for n in names for _ in range(len(prompt_ids))]
-            rows = [list(sides[i].condition_ids) + list(p) for i in group.side_indices for p in prompt_ids]
+                group.adapter_names = [n for n in names for _ in range(state.rows)]
+            rows = [list(p) for i in group.side_indices for p in prompt_ids[i]]
             if any(len(r) == 0 for r in rows):
                 raise ValueError("A prompt encodes to zero tokens on the weak side; give a non-empty prompt.")
             ids, mask = _left_pad(rows, pad_token_id, device)

@@ -32,6 +32,8 @@ class RoundTrace:
         scores: ``[R]`` each candidate's objective (the pair's log-ratio).
         side_scores: ``[S, R]`` each side's log-likelihood of the candidate.
         kept: ``[R]`` whether the candidate survived the round.
+        component_scores: name -> ``[R]`` each pair's own score (one entry per pair of an ensemble):
+            a strong model gaming one judge shows as one component rising while another falls.
     """
 
     round: int
@@ -40,6 +42,7 @@ class RoundTrace:
     scores: torch.Tensor
     side_scores: torch.Tensor
     kept: torch.Tensor
+    component_scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -340,6 +343,10 @@ class _Search:
                         scores_now.cpu(),
                         weak.side_scores.cpu(),
                         kept,
+                        {
+                            name: torch.tensor(vector) @ weak.side_scores.cpu()
+                            for name, vector in self.s.pair.components.items()
+                        },
                     )
                 )
             self._stream(pools, seqs, keep_rows, prompt_of_row)

@@ -1,0 +1,768 @@
+"""The ``w2s-generate`` command line.
+
+Each subcommand is one :class:`Command` (a help line, a function that adds its arguments, a function
+that runs it) registered in :data:`COMMANDS`; adding a subcommand is one function pair plus one entry
+there. Heavy imports (torch, transformers) happen inside the run functions, so ``--help`` is instant.
+
+Example:
+    w2s-generate generate --model path/to/strong --adapter path/to/weak-lora --method cbs \\
+        --prompts prompts.jsonl --out results.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROG = "w2s-generate"
+
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``add_arguments(parser)`` fills its parser, ``run(args)`` returns the exit code."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The program's parser with one sub-parser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Weak-to-strong search: steer a large language model at decoding time with a small "
+        "tuned/untuned model pair.",
+        epilog=f"Run '{PROG} COMMAND --help' for the options of one command.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub = subparsers.add_parser(
+            name,
+            help=command.help,
+            description=command.description or command.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_arguments(sub)
+        sub.set_defaults(_command=command, _parser=sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``w2s-generate`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = getattr(args, "_command", None)
+    if command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return command.run(args)
+
+
+# --------------------------------------------------------------------------- `generate`
+
+GENERATE_DESCRIPTION = """\
+Generate a response for each prompt with a large model steered by a weak pair, one JSON line per
+prompt appended to --out as soon as it is done.
+
+The weak pair is either
+  --adapter DIR            one small base model with a LoRA adapter (tuned = adapter on,
+                           untuned = adapter off; the base is read from the adapter's config), or
+  --tuned T --untuned U    two full checkpoints of the same small model, after and before tuning.
+
+Methods:
+  cbs    chunk-level beam search   (--beam-width, --successors, --chunk-length)
+  bon    best-of-N                 (--n)
+  token  token-level guidance      (--beta; needs the large model's vocabulary)
+
+--prompts reads JSON lines: {"prompt": TEXT or [chat messages], "id": optional,
+"weak_prompt": optional TEXT or [chat messages]}. The id defaults to the line number. A rerun skips
+the ids already in --out, so an interrupted job resumes where it stopped. Malformed lines are
+reported on stderr and skipped; the exit code is then 1.
+
+Text prompts are wrapped as a user message and formatted with each model's chat template when its
+tokenizer has one (the large model's with its tokenizer, the weak pair's with the pair's), unless
+--no-chat-template is given.
+
+Weights load from safetensors only, unless --allow-pickle is given; repository code runs only with
+--trust-remote-code.
+"""
+
+#: Options that only one method reads, with their defaults. Given to another method, they are refused
+#: rather than silently ignored.
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "cbs": {"beam_width": 4, "successors": 4, "chunk_length": 5},
+    "bon": {"n": 16},
+    "token": {"beta": 1.0},
+}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``w2s-generate generate``."""
+    models = parser.add_argument_group("models (local paths or hub ids)")
+    models.add_argument("--model", required=True, metavar="STRONG", help="the large model to steer")
+    models.add_argument("--tuned", metavar="T", help="the tuned weak checkpoint (with --untuned)")
+    models.add_argument("--untuned", metavar="U", help="the untuned weak checkpoint (with --tuned)")
+    models.add_argument(
+        "--adapter", metavar="DIR", help="a LoRA adapter: the pair is its base with and without it"
+    )
+    models.add_argument("--tokenizer", metavar="PATH", help="the large model's tokenizer (default: --model)")
+    models.add_argument(
+        "--weak-tokenizer",
+        metavar="PATH",
+        help="the weak pair's tokenizer (default: next to --adapter or its base, or --tuned)",
+    )
+
+    method = parser.add_argument_group("method")
+    method.add_argument("--method", required=True, choices=sorted(METHOD_OPTIONS), help="decoding method")
+    method.add_argument("--beam-width", type=_positive_int, help="cbs: beams kept per prompt (default 4)")
+    method.add_argument(
+        "--successors", type=_positive_int, help="cbs: chunks sampled per beam and round (default 4)"
+    )
+    method.add_argument("--chunk-length", type=_positive_int, help="cbs: tokens per chunk (default 5)")
+    method.add_argument("--n", type=_positive_int, help="bon: number of samples (default 16)")
+    method.add_argument("--beta", type=float, help="token: guidance strength (default 1.0)")
+
+    io = parser.add_argument_group("prompts and results")
+    prompts = io.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompts", metavar="FILE", help="JSON lines, one prompt per line")
+    prompts.add_argument(
+        "--prompt",
+        metavar="TEXT",
+        action="append",
+        help="a prompt given directly (repeatable; ids 1, 2, ...)",
+    )
+    io.add_argument("--out", required=True, metavar="FILE", help="JSON lines to append the results to")
+    io.add_argument(
+        "--batch-size", type=_positive_int, default=1, help="prompts per generate call (default 1)"
+    )
+    io.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--max-new-tokens", type=_positive_int, default=128, help="default 128")
+    sampling.add_argument(
+        "--temperature",
+        type=_non_negative_float,
+        default=0.7,
+        help="default 0.7; 0 means greedy (token only: the searches sample their candidates)",
+    )
+    sampling.add_argument("--top-k", type=_non_negative_int, default=50, help="default 50; 0 disables it")
+    sampling.add_argument("--top-p", type=_probability, default=1.0, help="default 1.0 (off)")
+    sampling.add_argument(
+        "--seed", type=int, default=0, help="prompt i (line number) samples with seed + i (default 0)"
+    )
+
+    loading = parser.add_argument_group("loading")
+    loading.add_argument("--device-map", help="passed to from_pretrained, e.g. auto, cpu, cuda:0")
+    loading.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default auto)")
+    loading.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also load .bin (pickle) weights; only from trusted sources",
+    )
+    loading.add_argument(
+        "--trust-remote-code", action="store_true", help="run model code from the repository"
+    )
+    loading.add_argument(
+        "--no-chat-template", action="store_true", help="never format prompts with chat templates"
+    )
+
+
+def _check_generate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse option combinations that do not make sense (argparse exits with code 2)."""
+    if args.adapter is not None:
+        others = [flag for flag, value in (("--tuned", args.tuned), ("--untuned", args.untuned)) if value]
+        if others:
+            parser.error(
+                f"--adapter cannot be combined with {' and '.join(others)}: --adapter DIR alone is the pair "
+                "'base model with and without the adapter' (its base comes from adapter_config.json); "
+                "--tuned T --untuned U is a pair of two full checkpoints. Pick one."
+            )
+    elif args.tuned is None or args.untuned is None:
+        given = "--tuned" if args.tuned else "--untuned" if args.untuned else None
+        missing = "--untuned" if args.tuned else "--tuned"
+        if given is None:
+            parser.error("no weak pair given: pass --adapter DIR, or --tuned T --untuned U.")
+        parser.error(
+            f"{given} needs {missing}: a pair of full checkpoints is --tuned T --untuned U; "
+            "for a LoRA adapter use --adapter DIR alone."
+        )
+    for method, options in METHOD_OPTIONS.items():
+        if method == args.method:
+            continue
+        for option in options:
+            if getattr(args, option) is not None:
+                flag = "--" + option.replace("_", "-")
+                parser.error(
+                    f"{flag} applies to --method {method} only, not --method {args.method}: drop it."
+                )
+    for option, default in METHOD_OPTIONS[args.method].items():
+        if getattr(args, option) is None:
+            setattr(args, option, default)
+    if args.temperature == 0 and args.method != "token":
+        parser.error(
+            f"--temperature 0 is greedy decoding, but --method {args.method} samples its candidates: "
+            "give a temperature > 0."
+        )
+
+
+# --------------------------------------------------------------------------- prompts and results
+
+
+@dataclass
+class PromptRecord:
+    """One prompt to answer: where it came from (``line``, 1-based) and what it says."""
+
+    line: int
+    id: int | str
+    prompt: str | list[dict[str, str]]
+    weak_prompt: str | list[dict[str, str]] | None = None
+
+
+@dataclass
+class BadLine:
+    """A prompt that could not be answered, and why."""
+
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}; skipped"
+
+
+def _check_prompt(value: Any, field: str) -> str | list[dict[str, str]]:
+    """``value`` if it is a usable prompt (non-empty text or chat messages), else ValueError."""
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f'"{field}" is empty')
+        return value
+    if isinstance(value, list) and value:
+        for i, message in enumerate(value):
+            if not (
+                isinstance(message, dict)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)
+            ):
+                raise ValueError(
+                    f'"{field}"[{i}] is not a chat message: expected {{"role": TEXT, "content": TEXT}}, '
+                    f"got {json.dumps(message)[:80]}"
+                )
+        return value
+    raise ValueError(
+        f'"{field}" must be text or a non-empty list of chat messages, got {json.dumps(value)[:80]}'
+    )
+
+
+def parse_prompt_line(text: str, line: int) -> PromptRecord:
+    """One JSON line of a prompts file as a :class:`PromptRecord`; ValueError says what is wrong."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f'expected a JSON object with a "prompt", got {type(data).__name__}')
+    if "prompt" not in data:
+        raise ValueError(f'no "prompt" field (fields: {", ".join(sorted(data)) or "none"})')
+    record_id = data.get("id", line)
+    if isinstance(record_id, bool) or not isinstance(record_id, (int, str)):
+        raise ValueError(f'"id" must be text or an integer, got {json.dumps(record_id)}')
+    prompt = _check_prompt(data["prompt"], "prompt")
+    weak = data.get("weak_prompt")
+    weak = None if weak is None else _check_prompt(weak, "weak_prompt")
+    return PromptRecord(line, record_id, prompt, weak)
+
+
+def read_prompts(path: str | os.PathLike) -> tuple[list[PromptRecord], list[BadLine]]:
+    """The prompts of a JSON-lines file and its bad lines (blank lines are ignored)."""
+    records: list[PromptRecord] = []
+    bad: list[BadLine] = []
+    first_line_of: dict[int | str, int] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = parse_prompt_line(text, line)
+            except ValueError as error:
+                bad.append(BadLine(line, str(error)))
+                continue
+            if record.id in first_line_of:
+                bad.append(
+                    BadLine(
+                        line, f"id {json.dumps(record.id)} already used on line {first_line_of[record.id]}"
+                    )
+                )
+                continue
+            first_line_of[record.id] = line
+            records.append(record)
+    return records, bad
+
+
+def read_done(path: Path) -> tuple[set, dict | None]:
+    """Ids already in the results file and its last result.
+
+    An incomplete last line (a run killed while writing it) is cut off so that appending stays valid;
+    other unreadable lines are reported and ignored (their prompts are answered again).
+    """
+    if not path.exists():
+        return set(), None
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        start = raw.rfind(b"\n") + 1
+        try:
+            json.loads(raw[start:])
+        except ValueError:
+            with open(path, "r+b") as handle:
+                handle.truncate(start)
+            _report(
+                f"{path}: removed an incomplete last line ({len(raw) - start} bytes) left by an interrupted run"
+            )
+            raw = raw[:start]
+        else:
+            with open(path, "ab") as handle:
+                handle.write(b"\n")
+    done: set = set()
+    last = None
+    for line, text in enumerate(raw.decode("utf-8").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            result = json.loads(text)
+            done.add(result["id"])
+        except (ValueError, KeyError, TypeError):
+            _report(f"{path}: line {line} is not a result (ignored; its prompt will be answered again)")
+            continue
+        last = result
+    return done, last
+
+
+def _report(message: str) -> None:
+    """A message on stderr that does not break a progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class LoadError(Exception):
+    """A model, tokenizer or pair could not be loaded; the message says why and what to do."""
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def _check_weights_format(path: str, allow_pickle: bool, flag: str) -> None:
+    """Refuse a local checkpoint that has only pickle weights, unless ``--allow-pickle``."""
+    folder = Path(path)
+    if allow_pickle or not folder.is_dir():
+        return
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+    if pickles:
+        raise LoadError(
+            f"{flag} {path} has only pickle weights ({', '.join(pickles)}) and no .safetensors: only safetensors "
+            "load by default, since unpickling can run code. Convert it (load it and save_pretrained with "
+            "safe_serialization=True) or pass --allow-pickle if you trust its source."
+        )
+
+
+def load_strong(args: argparse.Namespace):
+    """The large model (eval mode) and its tokenizer, set up for left-padded batches."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _check_weights_format(args.model, args.allow_pickle, "--model")
+    kwargs: dict[str, Any] = {
+        "use_safetensors": True if not args.allow_pickle else None,
+        "trust_remote_code": args.trust_remote_code,
+        "dtype": _torch_dtype(args.dtype),
+    }
+    if args.device_map is not None:
+        kwargs["device_map"] = args.device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
+    except (OSError, ValueError) as error:
+        hint = "" if args.allow_pickle else " (only safetensors weights load unless --allow-pickle is given)"
+        raise LoadError(f"could not load --model {args.model}{hint}: {error}") from error
+    source = args.tokenizer or args.model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise LoadError(f"could not load the large model's tokenizer from {source}: {error}") from error
+    _check_tokenizer_size(tokenizer, _output_rows(model), source, "--tokenizer")
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def load_pair(args: argparse.Namespace):
+    """The weak pair from ``--adapter`` or ``--tuned``/``--untuned``."""
+    from .pairs import WeakPair
+
+    kwargs: dict[str, Any] = {
+        "tokenizer": args.weak_tokenizer,
+        "dtype": _torch_dtype(args.dtype),
+        "device_map": args.device_map,
+        "allow_pickle": args.allow_pickle,
+        "trust_remote_code": args.trust_remote_code,
+    }
+    if args.adapter is not None:
+        what = f"--adapter {args.adapter}"
+        _check_weights_format(args.adapter, args.allow_pickle, "--adapter")
+        load = lambda: WeakPair.from_pretrained(args.adapter, **kwargs)  # noqa: E731
+    else:
+        what = f"--tuned {args.tuned} --untuned {args.untuned}"
+        _check_weights_format(args.tuned, args.allow_pickle, "--tuned")
+        _check_weights_format(args.untuned, args.allow_pickle, "--untuned")
+        load = lambda: WeakPair.from_pretrained(args.tuned, args.untuned, **kwargs)  # noqa: E731
+    try:
+        pair = load()
+    except (OSError, ValueError) as error:
+        hint = "" if args.allow_pickle else " (only safetensors weights load unless --allow-pickle is given)"
+        raise LoadError(f"could not load the weak pair {what}{hint}: {error}") from error
+    _check_tokenizer_size(pair.tokenizer, pair.vocab_rows, args.weak_tokenizer or what, "--weak-tokenizer")
+    return pair
+
+
+def _output_rows(model) -> int:
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+def _check_tokenizer_size(tokenizer, rows: int, source: str, flag: str) -> None:
+    """Refuse a tokenizer far smaller than its model's vocabulary.
+
+    transformers 5 builds an empty tokenizer (one token) for a checkpoint folder without tokenizer
+    files instead of failing; every prompt would then encode to nothing.
+    """
+    if len(tokenizer) < rows // 2:
+        raise LoadError(
+            f"the tokenizer loaded for {source} has {len(tokenizer)} tokens but its model {rows} output rows: "
+            f"the folder probably holds no tokenizer files. Save the tokenizer next to the model or pass {flag}."
+        )
+
+
+def make_strategy(args: argparse.Namespace, pair, strong_tokenizer):
+    """The decoding strategy of ``--method``."""
+    from .generate import TokenGuidance
+    from .search import BestOfN, ChunkBeamSearch
+
+    if args.method == "cbs":
+        return ChunkBeamSearch(
+            pair, args.beam_width, args.successors, args.chunk_length, tokenizer=strong_tokenizer
+        )
+    if args.method == "bon":
+        return BestOfN(pair, args.n, tokenizer=strong_tokenizer)
+    return TokenGuidance(pair, args.beta)
+
+
+# --------------------------------------------------------------------------- prompts -> ids
+
+
+def _uses_chat_template(tokenizer, args: argparse.Namespace) -> bool:
+    return not args.no_chat_template and bool(getattr(tokenizer, "chat_template", None))
+
+
+def _as_messages(prompt: str | list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def strong_prompt_ids(record: PromptRecord, tokenizer, args: argparse.Namespace) -> list[int]:
+    """The large model's token ids of a prompt, through its chat template when it has one."""
+    if _uses_chat_template(tokenizer, args):
+        text = tokenizer.apply_chat_template(
+            _as_messages(record.prompt), add_generation_prompt=True, tokenize=False
+        )
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    elif isinstance(record.prompt, str):
+        ids = tokenizer(record.prompt, add_special_tokens=True)["input_ids"]
+    else:
+        why = (
+            "--no-chat-template was given" if args.no_chat_template else "its tokenizer has no chat template"
+        )
+        raise ValueError(f"the prompt is a list of chat messages but {why}: give the prompt as text")
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens")
+    return list(ids)
+
+
+def weak_prompt(record: PromptRecord, pair, args: argparse.Namespace):
+    """What the weak pair reads as the prompt: text, or chat messages for its own chat template."""
+    prompt = record.weak_prompt if record.weak_prompt is not None else record.prompt
+    if _uses_chat_template(pair.tokenizer, args):
+        return _as_messages(prompt)
+    if isinstance(prompt, str):
+        return prompt
+    field = "weak_prompt" if record.weak_prompt is not None else "prompt"
+    why = (
+        "--no-chat-template was given" if args.no_chat_template else "the weak tokenizer has no chat template"
+    )
+    raise ValueError(f'"{field}" is a list of chat messages for the weak pair but {why}: give it as text')
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Prepared:
+    record: PromptRecord
+    ids: list[int]
+    weak: Any
+
+
+def _prepare(
+    records: Iterable[PromptRecord], strong_tokenizer, pair, args
+) -> tuple[list[Prepared], list[BadLine]]:
+    prepared, bad = [], []
+    for record in records:
+        try:
+            ids = strong_prompt_ids(record, strong_tokenizer, args)
+            if args.method == "token":
+                if record.weak_prompt is not None:
+                    raise ValueError(
+                        '"weak_prompt" is not supported by --method token (token guidance scores the large '
+                        "model's own prompt tokens); use --method cbs or bon"
+                    )
+                weak = None
+            else:
+                weak = weak_prompt(record, pair, args)
+                pair.encode_prompt(weak)  # fail here, on this line, rather than inside the search
+        except Exception as error:  # a chat template may raise anything (jinja errors included)
+            bad.append(BadLine(record.line, f"id {json.dumps(record.id)}: {error}"))
+            continue
+        prepared.append(Prepared(record, ids, weak))
+    return prepared, bad
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What produced a result (the per-prompt seed is added per record)."""
+    weak = {"adapter": args.adapter} if args.adapter else {"tuned": args.tuned, "untuned": args.untuned}
+    return {
+        "model": args.model,
+        **weak,
+        **{option: getattr(args, option) for option in METHOD_OPTIONS[args.method]},
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "chat_template": not args.no_chat_template,
+        "dtype": args.dtype,
+    }
+
+
+def _response_ids(row: list[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
+    """Generated ids up to (not including) the first end-of-sequence token, trailing padding removed."""
+    for i, token in enumerate(row):
+        if token in eos_ids:
+            return row[:i]
+    while row and pad_id is not None and row[-1] == pad_id:
+        row = row[:-1]
+    return row
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if tokenizer.eos_token_id is not None:
+        eos.append(tokenizer.eos_token_id)
+    return set(eos)
+
+
+def _generate_batch(model, tokenizer, strategy, batch: list[Prepared], args) -> tuple[list[str], list | None]:
+    """Responses (text) and log-ratios (searches only) for one batch of prepared prompts."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    inputs = tokenizer.pad({"input_ids": [p.ids for p in batch]}, return_tensors="pt")
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    torch.manual_seed(args.seed + batch[0].record.line)
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.temperature > 0,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "pad_token_id": pad,
+        "return_dict_in_generate": True,
+    }
+    if args.temperature > 0:
+        kwargs["temperature"] = args.temperature
+    if args.method != "token":
+        kwargs["weak_prompts"] = [p.weak for p in batch]
+    out = model.generate(**inputs, strategy=strategy, tokenizer=tokenizer, **kwargs)
+    width = inputs["input_ids"].shape[1]
+    eos = _eos_ids(model, tokenizer)
+    texts = [
+        tokenizer.decode(_response_ids(row[width:], eos, pad), skip_special_tokens=True)
+        for row in out.sequences.tolist()
+    ]
+    log_ratios = getattr(out, "log_ratios", None)
+    return texts, None if log_ratios is None else [float(x) for x in log_ratios]
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """``w2s-generate generate``: answer every pending prompt, appending results to ``--out``."""
+    _check_generate_args(args._parser, args)
+    out_path = Path(args.out)
+    if args.prompts is not None:
+        try:
+            records, bad = read_prompts(args.prompts)
+        except OSError as error:
+            _report(f"error: cannot read --prompts {args.prompts}: {error.strerror or error}")
+            return 2
+    else:
+        records, bad = [PromptRecord(i, i, text) for i, text in enumerate(args.prompt, start=1)], []
+        for record in records:
+            try:
+                _check_prompt(record.prompt, "prompt")
+            except ValueError as error:
+                bad.append(BadLine(record.line, f"--prompt #{record.line}: {error}"))
+        records = [r for r in records if r.line not in {b.line for b in bad}]
+    for line in bad:
+        _report(str(line))
+
+    done, last = read_done(out_path)
+    pending = [r for r in records if r.id not in done]
+    settings = _settings(args)
+    if last is not None and pending:
+        old_settings = last.get("settings")
+        old = {"method": last.get("method"), **(old_settings if isinstance(old_settings, dict) else {})}
+        old.pop("seed", None)
+        new = {"method": args.method, **settings}
+        if old != new:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            _report(
+                f"warning: {out_path} holds results made with other settings ({', '.join(changed)}); "
+                "new results are appended to it all the same"
+            )
+    if not pending:
+        _report(f"nothing to do: all {len(records)} prompts already have a result in {out_path}")
+        return 1 if bad else 0
+
+    from tqdm import tqdm
+
+    from .generate import enable
+
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        model, tokenizer = load_strong(args)
+        pair = load_pair(args)
+    except LoadError as error:
+        _report(f"error: {error}")
+        return 2
+    if args.method == "token":
+        from .processor import check_shared_vocabulary
+
+        try:
+            check_shared_vocabulary(pair, tokenizer)
+        except ValueError as error:
+            _report(f"error: --method token: {error}")
+            return 2
+    strategy = make_strategy(args, pair, tokenizer)
+    enable(model)
+
+    prepared, unprepared = _prepare(pending, tokenizer, pair, args)
+    for line in unprepared:
+        _report(str(line))
+    bad += unprepared
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    skipped = len(records) - len(pending)
+    with (
+        open(out_path, "a", encoding="utf-8") as out,
+        tqdm(total=len(prepared), disable=args.no_progress, desc=args.method, unit="prompt") as bar,
+    ):
+        if skipped:
+            bar.write(f"{PROG}: resuming: {skipped} prompts already done in {out_path}", file=sys.stderr)
+        for batch in _batches(prepared, args.batch_size):
+            try:
+                texts, log_ratios = _generate_batch(model, tokenizer, strategy, batch, args)
+            except ValueError as error:  # e.g. a prompt too long for the model; the others may still work
+                failed = [BadLine(p.record.line, f"id {json.dumps(p.record.id)}: {error}") for p in batch]
+                for line in failed:
+                    bar.write(f"{PROG}: {line}", file=sys.stderr)
+                bad += failed
+                bar.update(len(batch))
+                continue
+            for i, (item, text) in enumerate(zip(batch, texts)):
+                result: dict[str, Any] = {"id": item.record.id, "prompt": item.record.prompt}
+                if item.record.weak_prompt is not None:
+                    result["weak_prompt"] = item.record.weak_prompt
+                result.update(response=text, method=args.method)
+                if log_ratios is not None:
+                    result["log_ratio"] = log_ratios[i]
+                result["settings"] = {**settings, "seed": args.seed + batch[0].record.line}
+                out.write(json.dumps(result, ensure_ascii=False) + "\n")
+                out.flush()
+            bar.update(len(batch))
+    if bad:
+        _report(f"{len(bad)} prompt(s) skipped (see above); fix them and rerun to answer just those")
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- registration
+
+COMMANDS: dict[str, Command] = {
+    "generate": Command(
+        help="generate with a large model steered by a weak pair (cbs, bon or token guidance)",
+        add_arguments=add_generate_arguments,
+        run=run_generate,
+        description=GENERATE_DESCRIPTION,
+    ),
+    # "demo": reserved for the demo subcommand (train or load the demo models and run the quick
+    # check); it is added as one more entry here: Command(help, add_arguments, run).
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Pairs built from other pairs or from a prompt: ensembles and prompt-conditioned pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .pairs import WeakPair, _check_causal_lm
+from .scoring import Side
+
+
+class PromptPair(WeakPair):
+    """A pair with no training: the tuned side is the small model reading ``condition`` first.
+
+    The untuned side is the same model without it; both sides run in one batched forward on one model.
+    For chat prompts the condition is a system message; for text it is a paragraph before the prompt.
+
+    Args:
+        model: a small causal LM.
+        tokenizer: its tokenizer.
+        condition: the conditioning text (a system prompt, a principle, a persona, an explanation).
+
+    Example:
+        >>> pair = PromptPair(small_model, tokenizer, condition="Answer kindly.")   # doctest: +SKIP
+        >>> pair.score(["How do I fix this?"], [" Happy to help!"])                 # doctest: +SKIP
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, condition: str) -> None:
+        if not isinstance(condition, str) or not condition.strip():
+            raise ValueError(f"condition must be a non-empty text; got {condition!r}.")
+        _check_causal_lm(model, "model")
+        model.eval()
+        self.condition = condition
+        self._init(tokenizer, [Side(model, condition=condition), Side(model)], [1.0, -1.0])
+
+
+class GuidanceEnsemble(WeakPair):
+    """A weighted sum of pairs, usable wherever a pair is.
+
+    Identical sides are merged (e.g. the base of several LoRA adapters on one peft model), and sides on
+    one model share one forward, so k adapters on one base cost one base in memory and one forward.
+    ``components`` keeps each pair's own score, reported in search traces.
+
+    Args:
+        members: ``[(pair, weight), ...]``; all pairs must share one tokenizer.
+        names: a name per member for traces; default ``pair0``, ``pair1``, ...
+
+    Example:
+        >>> ensemble = GuidanceEnsemble([(helpful, 1.0), (harmless, 0.5)], names=["helpful", "harmless"])  # doctest: +SKIP
+        >>> model.generate(**inputs, custom_generate=ChunkBeamSearch(ensemble), do_sample=True)          # doctest: +SKIP
+    """
+
+    def __init__(self, members: Sequence[tuple[WeakPair, float]], names: Sequence[str] | None = None) -> None:
+        if not members:
+            raise ValueError("members is empty: give at least one (pair, weight).")
+        for item in members:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], WeakPair)):
+                raise TypeError(f"Each member must be a (WeakPair, weight) tuple; got {item!r}.")
+        names = list(names) if names is not None else [f"pair{i}" for i in range(len(members))]
+        if len(names) != len(members) or len(set(names)) != len(names):
+            raise ValueError(f"names must be {len(members)} distinct names; got {names}.")
+        first = members[0][0].tokenizer
+        for pair, _ in members[1:]:
+            if pair.tokenizer.get_vocab() != first.get_vocab():
+                raise ValueError(
+                    "The pairs of an ensemble must share one tokenizer (their scores are summed per token); "
+                    f"got vocabularies of {len(first)} and {len(pair.tokenizer)} tokens."
+                )
+        sides: list[Side] = []
+        keys: dict[tuple, int] = {}
+        for pair, _ in members:
+            for side in pair.sides:
+                key = (id(side.model), side.adapter_name, side.condition)
+                if key not in keys:
+                    keys[key] = len(sides)
+                    sides.append(side)
+        components: dict[str, list[float]] = {}
+        for name, (pair, weight) in zip(names, members):
+            vector = [0.0] * len(sides)
+            for side, coefficient in zip(pair.sides, pair.coefficients):
+                vector[keys[(id(side.model), side.adapter_name, side.condition)]] += (
+                    float(weight) * coefficient
+                )
+            components[name] = vector
+        total = [sum(c[i] for c in components.values()) for i in range(len(sides))]
+        self.members = list(members)
+        self._init(first, sides, total, components)
