@@ -584,9 +584,11 @@ def _prepare(
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """What produced a result (the per-prompt seed is added per record)."""
     weak = {"adapter": args.adapter} if args.adapter else {"tuned": args.tuned, "untuned": args.untuned}
+    tokenizers = {"tokenizer": args.tokenizer, "weak_tokenizer": args.weak_tokenizer}
     return {
         "model": args.model,
         **weak,
+        **{key: value for key, value in tokenizers.items() if value is not None},
         **{option: getattr(args, option) for option in METHOD_OPTIONS[args.method]},
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
@@ -626,13 +628,11 @@ def _generate_batch(model, tokenizer, strategy, batch: list[Prepared], args) -> 
     kwargs: dict[str, Any] = {
         "max_new_tokens": args.max_new_tokens,
         "do_sample": args.temperature > 0,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
         "pad_token_id": pad,
         "return_dict_in_generate": True,
     }
     if args.temperature > 0:
-        kwargs["temperature"] = args.temperature
+        kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if args.method != "token":
         kwargs["weak_prompts"] = [p.weak for p in batch]
     out = model.generate(**inputs, strategy=strategy, tokenizer=tokenizer, **kwargs)

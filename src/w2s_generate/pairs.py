@@ -225,6 +225,10 @@ class WeakPair:
         if isinstance(prompt, str):
             text = prompt if condition is None else condition + CONDITION_SEPARATOR + prompt
             return list(tok(text, add_special_tokens=True)["input_ids"])
+        if not isinstance(prompt, Sequence):
+            raise TypeError(
+                f"A prompt must be text, a list of chat messages or a list of token ids; got {type(prompt).__name__}."
+            )
         items = list(prompt)
         if items and all(isinstance(t, int) for t in items):
             if condition is None:
