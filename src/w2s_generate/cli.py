@@ -186,7 +186,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--top-k", type=_non_negative_int, default=50, help="default 50; 0 disables it")
     sampling.add_argument("--top-p", type=_probability, default=1.0, help="default 1.0 (off)")
     sampling.add_argument(
-        "--seed", type=int, default=0, help="prompt i (line number) samples with seed + i (default 0)"
+        "--seed",
+        type=int,
+        default=0,
+        help="each generate call seeds with seed + the line number of its (first) prompt, so a resumed "
+        "run samples as an uninterrupted one (default 0)",
     )
 
     loading = parser.add_argument_group("loading")
@@ -335,14 +339,14 @@ def read_prompts(path: str | os.PathLike) -> tuple[list[PromptRecord], list[BadL
     return records, bad
 
 
-def read_done(path: Path) -> tuple[set, dict | None]:
-    """Ids already in the results file and its last result.
+def read_done(path: Path) -> tuple[dict, dict | None]:
+    """The prompt of each id already in the results file, and its last result.
 
     An incomplete last line (a run killed while writing it) is cut off so that appending stays valid;
     other unreadable lines are reported and ignored (their prompts are answered again).
     """
     if not path.exists():
-        return set(), None
+        return {}, None
     raw = path.read_bytes()
     if raw and not raw.endswith(b"\n"):
         start = raw.rfind(b"\n") + 1
@@ -358,14 +362,14 @@ def read_done(path: Path) -> tuple[set, dict | None]:
         else:
             with open(path, "ab") as handle:
                 handle.write(b"\n")
-    done: set = set()
+    done: dict = {}
     last = None
     for line, text in enumerate(raw.decode("utf-8").splitlines(), start=1):
         if not text.strip():
             continue
         try:
             result = json.loads(text)
-            done.add(result["id"])
+            done[result["id"]] = result.get("prompt")
         except (ValueError, KeyError, TypeError):
             _report(f"{path}: line {line} is not a result (ignored; its prompt will be answered again)")
             continue
@@ -650,6 +654,9 @@ def run_generate(args: argparse.Namespace) -> int:
     """``w2s-generate generate``: answer every pending prompt, appending results to ``--out``."""
     _check_generate_args(args._parser, args)
     out_path = Path(args.out)
+    if out_path.is_dir():
+        _report(f"error: --out {out_path} is a folder; give a file name, e.g. {out_path / 'results.jsonl'}")
+        return 2
     if args.prompts is not None:
         try:
             records, bad = read_prompts(args.prompts)
@@ -669,6 +676,13 @@ def run_generate(args: argparse.Namespace) -> int:
 
     done, last = read_done(out_path)
     pending = [r for r in records if r.id not in done]
+    changed = [r for r in records if r.id in done and done[r.id] != r.prompt]
+    if changed:
+        ids = ", ".join(json.dumps(r.id) for r in changed[:5]) + (", ..." if len(changed) > 5 else "")
+        _report(
+            f"warning: {len(changed)} id(s) already in {out_path} with another prompt ({ids}); they are skipped "
+            "all the same. Give each prompt its own id, or write to another --out."
+        )
     settings = _settings(args)
     if last is not None and pending:
         old_settings = last.get("settings")

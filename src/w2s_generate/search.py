@@ -47,7 +47,7 @@ class RoundTrace:
 
 @dataclass
 class _Finished:
-    response: list[int]
+    response: list[int] | str
     score: float
 
 
@@ -221,6 +221,61 @@ class BestOfN(ChunkBeamSearch):
         return f"BestOfN(n={self.n}, pair={self.pair!r})"
 
 
+def select_hypotheses(
+    pools: list[_Pool],
+    owners: list[int],
+    responses: list,
+    scores: list[float],
+    finished: list[bool],
+    width: int,
+) -> tuple[list[int], list[int]]:
+    """Keep the best ``width`` distinct hypotheses of each prompt among its pool and this round's rows.
+
+    Responses are token-id lists or texts; identical ones take one slot. Finished rows that survive
+    move into their prompt's pool. Returns the live rows to expand and the finished rows kept.
+    """
+    by_prompt: dict[int, list[int]] = {}
+    for row, owner in enumerate(owners):
+        by_prompt.setdefault(owner, []).append(row)
+    keep_rows: list[int] = []
+    kept_finished_rows: list[int] = []
+    for b, pool in enumerate(pools):
+        if pool.done:
+            continue
+        candidates: list[tuple[float, object, int | None, _Finished | None]] = []
+        for item in pool.finished:
+            candidates.append((item.score, _key(item.response), None, item))
+        for row in by_prompt.get(b, []):
+            candidates.append((scores[row], _key(responses[row]), row, None))
+        # Higher score first; among ties the earlier candidate (the pool, then row order).
+        order = sorted(range(len(candidates)), key=lambda i: -candidates[i][0])
+        seen: set = set()
+        kept: list[_Finished] = []
+        live: list[int] = []
+        for i in order:
+            score, key, row, item = candidates[i]
+            if key in seen:
+                continue  # identical hypotheses take one slot
+            seen.add(key)
+            if item is not None:
+                kept.append(item)
+            elif finished[row]:
+                kept.append(_Finished(responses[row], score))
+                kept_finished_rows.append(row)
+            else:
+                live.append(row)
+            if len(seen) == width:
+                break
+        pool.finished = kept
+        pool.done = not live
+        keep_rows.extend(live)
+    return keep_rows, kept_finished_rows
+
+
+def _key(response: list[int] | str):
+    return response if isinstance(response, str) else tuple(response)
+
+
 def _pad_token_id(config: GenerationConfig) -> int:
     if config.pad_token_id is not None:
         return int(config.pad_token_id)
@@ -380,48 +435,10 @@ class _Search:
 
     def _select(self, pools, prompt_of_row, seqs, resp_len, finished, scores, W) -> list[int]:
         """Update each prompt's pool; return the live rows to expand next round (host sync, once a round)."""
-        responses = seqs[:, self.prompt_len :].tolist()
-        score_list = scores.tolist()
-        finished_list = finished.tolist()
-        owners = prompt_of_row.tolist()
-        ends = resp_len.tolist()
-        by_prompt: dict[int, list[int]] = {}
-        for row, owner in enumerate(owners):
-            by_prompt.setdefault(owner, []).append(row)
-        keep_rows: list[int] = []
-        self._kept_finished: list[int] = []
-        for b, pool in enumerate(pools):
-            if pool.done:
-                continue
-            candidates: list[tuple[float, tuple, int | None, _Finished | None]] = []
-            for item in pool.finished:
-                candidates.append((item.score, tuple(item.response), None, item))
-            for row in by_prompt.get(b, []):
-                response = responses[row][: ends[row]]
-                candidates.append((score_list[row], tuple(response), row, None))
-            # Stable order: higher score first, earlier candidate first among ties.
-            order = sorted(range(len(candidates)), key=lambda i: -candidates[i][0])
-            seen: set[tuple] = set()
-            kept_finished: list[_Finished] = []
-            kept_live: list[int] = []
-            for i in order:
-                score, key, row, item = candidates[i]
-                if key in seen:
-                    continue  # identical hypotheses take one slot
-                seen.add(key)
-                if item is not None:
-                    kept_finished.append(item)
-                elif finished_list[row]:
-                    kept_finished.append(_Finished(list(key), score))
-                    self._kept_finished.append(row)
-                else:
-                    kept_live.append(row)
-                if len(seen) == W:
-                    break
-            pool.finished = kept_finished
-            if not kept_live:
-                pool.done = True
-            keep_rows.extend(kept_live)
+        responses = [r[:n] for r, n in zip(seqs[:, self.prompt_len :].tolist(), resp_len.tolist())]
+        keep_rows, self._kept_finished = select_hypotheses(
+            pools, prompt_of_row.tolist(), responses, scores.tolist(), finished.tolist(), W
+        )
         return keep_rows
 
     def _stream(self, pools, seqs, keep_rows, prompt_of_row) -> None:
