@@ -10,13 +10,19 @@ from .combined import GuidanceEnsemble, PromptPair
 from .generate import TokenGuidance, W2SGenerationMixin, disable, enable
 from .pairs import WeakPair
 from .processor import WeakToStrongLogitsProcessor
+from .samplers import Chunk, ChunkSampler, CompletionsSampler, RemoteSamplerError
 from .scoring import GuidanceState, Side
 from .search import BestOfN, ChunkBeamSearch, RoundTrace
-from .strategy import SearchOutput, Strategy
+from .strategy import SearchOutput, Strategy, TextSearchOutput
 
 __version__ = "0.1.0"
 __all__ = [
     "BestOfN",
+    "Chunk",
+    "ChunkSampler",
+    "CompletionsSampler",
+    "RemoteSamplerError",
+    "TextSearchOutput",
     "ChunkBeamSearch",
     "GuidanceEnsemble",
     "GuidanceState",

@@ -40,16 +40,23 @@ class TextBridge:
         self, state: GuidanceState, weak_rows: list[list[int]], responses: torch.Tensor, lengths: torch.Tensor
     ) -> None:
         """Bring ``state`` (and each row's cached weak ids, in place) up to the responses' current text."""
-        texts = self.texts(responses, lengths)
-        encoded = self.pair.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        drops, tails = [], []
-        for i, new in enumerate(encoded):
-            old = weak_rows[i]
-            keep = common_prefix_length(old, new)
-            drops.append(len(old) - keep)
-            tails.append(new[keep:])
-            weak_rows[i] = list(new)
-        if not any(drops) and not any(tails):
-            return
-        ids, tail_lengths = right_pad(tails, self.pair.pad_token_id)
-        state.replace_tail(torch.tensor(drops), ids, tail_lengths)
+        advance_texts(self.pair, state, weak_rows, self.texts(responses, lengths))
+
+
+def advance_texts(pair: WeakPair, state: GuidanceState, weak_rows: list[list[int]], texts: list[str]) -> None:
+    """Bring ``state`` up to each row's response text, feeding only the tokens after the first change.
+
+    ``weak_rows`` holds each row's weak-side response ids so far and is updated in place.
+    """
+    encoded = pair.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    drops, tails = [], []
+    for i, new in enumerate(encoded):
+        old = weak_rows[i]
+        keep = common_prefix_length(old, new)
+        drops.append(len(old) - keep)
+        tails.append(new[keep:])
+        weak_rows[i] = list(new)
+    if not any(drops) and not any(tails):
+        return
+    ids, tail_lengths = right_pad(tails, pair.pad_token_id)
+    state.replace_tail(torch.tensor(drops), ids, tail_lengths)

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -152,13 +153,20 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 
     method = parser.add_argument_group("method")
     method.add_argument("--method", required=True, choices=sorted(METHOD_OPTIONS), help="decoding method")
-    method.add_argument("--beam-width", type=_positive_int, help="cbs: beams kept per prompt (default 4)")
     method.add_argument(
-        "--successors", type=_positive_int, help="cbs: chunks sampled per beam and round (default 4)"
+        "--beam-width", type=_positive_int, metavar="W", help="cbs: beams kept per prompt (default 4)"
     )
-    method.add_argument("--chunk-length", type=_positive_int, help="cbs: tokens per chunk (default 5)")
-    method.add_argument("--n", type=_positive_int, help="bon: number of samples (default 16)")
-    method.add_argument("--beta", type=float, help="token: guidance strength (default 1.0)")
+    method.add_argument(
+        "--successors",
+        type=_positive_int,
+        metavar="K",
+        help="cbs: chunks sampled per beam and round (default 4)",
+    )
+    method.add_argument(
+        "--chunk-length", type=_positive_int, metavar="L", help="cbs: tokens per chunk (default 5)"
+    )
+    method.add_argument("--n", type=_positive_int, metavar="N", help="bon: number of samples (default 16)")
+    method.add_argument("--beta", type=float, metavar="B", help="token: guidance strength (default 1.0)")
 
     io = parser.add_argument_group("prompts and results")
     prompts = io.add_mutually_exclusive_group(required=True)
@@ -171,30 +179,42 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     io.add_argument("--out", required=True, metavar="FILE", help="JSON lines to append the results to")
     io.add_argument(
-        "--batch-size", type=_positive_int, default=1, help="prompts per generate call (default 1)"
+        "--batch-size",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="prompts per generate call (default 1)",
     )
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--max-new-tokens", type=_positive_int, default=128, help="default 128")
+    sampling.add_argument(
+        "--max-new-tokens", type=_positive_int, default=128, metavar="N", help="default 128"
+    )
     sampling.add_argument(
         "--temperature",
         type=_non_negative_float,
         default=0.7,
+        metavar="T",
         help="default 0.7; 0 means greedy (token only: the searches sample their candidates)",
     )
-    sampling.add_argument("--top-k", type=_non_negative_int, default=50, help="default 50; 0 disables it")
-    sampling.add_argument("--top-p", type=_probability, default=1.0, help="default 1.0 (off)")
+    sampling.add_argument(
+        "--top-k", type=_non_negative_int, default=50, metavar="K", help="default 50; 0 disables it"
+    )
+    sampling.add_argument("--top-p", type=_probability, default=1.0, metavar="P", help="default 1.0 (off)")
     sampling.add_argument(
         "--seed",
         type=int,
         default=0,
+        metavar="S",
         help="each generate call seeds with seed + the line number of its (first) prompt, so a resumed "
         "run samples as an uninterrupted one (default 0)",
     )
 
     loading = parser.add_argument_group("loading")
-    loading.add_argument("--device-map", help="passed to from_pretrained, e.g. auto, cpu, cuda:0")
+    loading.add_argument(
+        "--device-map", metavar="MAP", help="passed to from_pretrained, e.g. auto, cpu, cuda:0"
+    )
     loading.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default auto)")
     loading.add_argument(
         "--allow-pickle",
@@ -650,6 +670,88 @@ def _generate_batch(model, tokenizer, strategy, batch: list[Prepared], args) -> 
     return texts, None if log_ratios is None else [float(x) for x in log_ratios]
 
 
+def _records(args: argparse.Namespace) -> tuple[list[PromptRecord], list[BadLine]]:
+    """The prompts of ``--prompts`` or ``--prompt`` and the bad ones (OSError when the file is unreadable)."""
+    if args.prompts is not None:
+        return read_prompts(args.prompts)
+    records, bad = [], []
+    for i, text in enumerate(args.prompt, start=1):
+        try:
+            records.append(PromptRecord(i, i, _check_prompt(text, "prompt")))
+        except ValueError as error:
+            bad.append(BadLine(i, f"--prompt #{i}: {error}"))
+    return records, bad
+
+
+def _warn_about_existing(
+    records, done: dict, last: dict | None, settings: dict, args, out_path: Path
+) -> None:
+    """Warn when --out already holds other prompts under the same ids, or results of other settings."""
+    renamed = [r for r in records if r.id in done and done[r.id] != r.prompt]
+    if renamed:
+        ids = ", ".join(json.dumps(r.id) for r in renamed[:5]) + (", ..." if len(renamed) > 5 else "")
+        _report(
+            f"warning: {len(renamed)} id(s) already in {out_path} with another prompt ({ids}); they are skipped "
+            "all the same. Give each prompt its own id, or write to another --out."
+        )
+    if last is None or all(r.id in done for r in records):
+        return
+    old_settings = last.get("settings")
+    old = {"method": last.get("method"), **(old_settings if isinstance(old_settings, dict) else {})}
+    old.pop("seed", None)
+    new = {"method": args.method, **settings}
+    if old != new:
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        _report(
+            f"warning: {out_path} holds results made with other settings ({', '.join(keys)}); "
+            "new results are appended to it all the same"
+        )
+
+
+@contextlib.contextmanager
+def _hub_progress_bars(enabled: bool) -> Iterator[None]:
+    """transformers' loading bars off while this runs, when ``--no-progress`` is given."""
+    if enabled:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load(args: argparse.Namespace):
+    """``(model, tokenizer, pair, strategy)``; the model's ``generate`` takes ``strategy=``. LoadError if not."""
+    from .generate import enable
+    from .processor import check_shared_vocabulary
+
+    model, tokenizer = load_strong(args)
+    pair = load_pair(args)
+    if args.method == "token":
+        try:
+            check_shared_vocabulary(pair, tokenizer)
+        except ValueError as error:
+            raise LoadError(f"--method token: {error}") from error
+    return enable(model), tokenizer, pair, make_strategy(args, pair, tokenizer)
+
+
+def _result(item: Prepared, text: str, log_ratio: float | None, settings: dict, args) -> dict[str, Any]:
+    """One line of --out."""
+    result: dict[str, Any] = {"id": item.record.id, "prompt": item.record.prompt}
+    if item.record.weak_prompt is not None:
+        result["weak_prompt"] = item.record.weak_prompt
+    result.update(response=text, method=args.method)
+    if log_ratio is not None:
+        result["log_ratio"] = log_ratio
+    result["settings"] = settings
+    return result
+
+
 def run_generate(args: argparse.Namespace) -> int:
     """``w2s-generate generate``: answer every pending prompt, appending results to ``--out``."""
     _check_generate_args(args._parser, args)
@@ -657,86 +759,47 @@ def run_generate(args: argparse.Namespace) -> int:
     if out_path.is_dir():
         _report(f"error: --out {out_path} is a folder; give a file name, e.g. {out_path / 'results.jsonl'}")
         return 2
-    if args.prompts is not None:
-        try:
-            records, bad = read_prompts(args.prompts)
-        except OSError as error:
-            _report(f"error: cannot read --prompts {args.prompts}: {error.strerror or error}")
-            return 2
-    else:
-        records, bad = [PromptRecord(i, i, text) for i, text in enumerate(args.prompt, start=1)], []
-        for record in records:
-            try:
-                _check_prompt(record.prompt, "prompt")
-            except ValueError as error:
-                bad.append(BadLine(record.line, f"--prompt #{record.line}: {error}"))
-        records = [r for r in records if r.line not in {b.line for b in bad}]
+    try:
+        records, bad = _records(args)
+    except (OSError, UnicodeDecodeError) as error:
+        _report(f"error: cannot read --prompts {args.prompts}: {getattr(error, 'strerror', None) or error}")
+        return 2
     for line in bad:
         _report(str(line))
 
+    # 1. Skip what an earlier run already answered.
     done, last = read_done(out_path)
-    pending = [r for r in records if r.id not in done]
-    changed = [r for r in records if r.id in done and done[r.id] != r.prompt]
-    if changed:
-        ids = ", ".join(json.dumps(r.id) for r in changed[:5]) + (", ..." if len(changed) > 5 else "")
-        _report(
-            f"warning: {len(changed)} id(s) already in {out_path} with another prompt ({ids}); they are skipped "
-            "all the same. Give each prompt its own id, or write to another --out."
-        )
     settings = _settings(args)
-    if last is not None and pending:
-        old_settings = last.get("settings")
-        old = {"method": last.get("method"), **(old_settings if isinstance(old_settings, dict) else {})}
-        old.pop("seed", None)
-        new = {"method": args.method, **settings}
-        if old != new:
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            _report(
-                f"warning: {out_path} holds results made with other settings ({', '.join(changed)}); "
-                "new results are appended to it all the same"
-            )
+    _warn_about_existing(records, done, last, settings, args, out_path)
+    pending = [r for r in records if r.id not in done]
     if not pending:
         _report(f"nothing to do: all {len(records)} prompts already have a result in {out_path}")
         return 1 if bad else 0
 
-    from tqdm import tqdm
-
-    from .generate import enable
-
-    if args.no_progress:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    try:
-        model, tokenizer = load_strong(args)
-        pair = load_pair(args)
-    except LoadError as error:
-        _report(f"error: {error}")
-        return 2
-    if args.method == "token":
-        from .processor import check_shared_vocabulary
-
+    # 2. Load the models and encode the prompts (a prompt its model cannot take is a bad line).
+    with _hub_progress_bars(not args.no_progress):
         try:
-            check_shared_vocabulary(pair, tokenizer)
-        except ValueError as error:
-            _report(f"error: --method token: {error}")
+            model, tokenizer, pair, strategy = _load(args)
+        except LoadError as error:
+            _report(f"error: {error}")
             return 2
-    strategy = make_strategy(args, pair, tokenizer)
-    enable(model)
-
     prepared, unprepared = _prepare(pending, tokenizer, pair, args)
     for line in unprepared:
         _report(str(line))
     bad += unprepared
 
+    # 3. Generate, appending each result as soon as its batch is done.
+    from tqdm import tqdm
+
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    skipped = len(records) - len(pending)
     with (
         open(out_path, "a", encoding="utf-8") as out,
         tqdm(total=len(prepared), disable=args.no_progress, desc=args.method, unit="prompt") as bar,
     ):
-        if skipped:
-            bar.write(f"{PROG}: resuming: {skipped} prompts already done in {out_path}", file=sys.stderr)
+        if len(pending) < len(records):
+            bar.write(
+                f"{PROG}: resuming: {len(records) - len(pending)} prompts already done", file=sys.stderr
+            )
         for batch in _batches(prepared, args.batch_size):
             try:
                 texts, log_ratios = _generate_batch(model, tokenizer, strategy, batch, args)
@@ -745,18 +808,12 @@ def run_generate(args: argparse.Namespace) -> int:
                 for line in failed:
                     bar.write(f"{PROG}: {line}", file=sys.stderr)
                 bad += failed
-                bar.update(len(batch))
-                continue
-            for i, (item, text) in enumerate(zip(batch, texts)):
-                result: dict[str, Any] = {"id": item.record.id, "prompt": item.record.prompt}
-                if item.record.weak_prompt is not None:
-                    result["weak_prompt"] = item.record.weak_prompt
-                result.update(response=text, method=args.method)
-                if log_ratios is not None:
-                    result["log_ratio"] = log_ratios[i]
-                result["settings"] = {**settings, "seed": args.seed + batch[0].record.line}
-                out.write(json.dumps(result, ensure_ascii=False) + "\n")
-                out.flush()
+            else:
+                seeded = {**settings, "seed": args.seed + batch[0].record.line}
+                for i, (item, text) in enumerate(zip(batch, texts)):
+                    ratio = None if log_ratios is None else log_ratios[i]
+                    out.write(json.dumps(_result(item, text, ratio, seeded, args), ensure_ascii=False) + "\n")
+                    out.flush()
             bar.update(len(batch))
     if bad:
         _report(f"{len(bad)} prompt(s) skipped (see above); fix them and rerun to answer just those")

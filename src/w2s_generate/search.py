@@ -15,10 +15,11 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteriaList
 
 from ._compat import accepts_position_ids, new_cache, select_cache_rows
-from .bridge import TextBridge
+from .bridge import TextBridge, advance_texts
 from .pairs import WeakPair
 from .processor import check_shared_vocabulary, rows_look_padded
-from .strategy import SearchOutput, Strategy
+from .samplers import ChunkSampler
+from .strategy import SearchOutput, Strategy, TextSearchOutput
 
 
 @dataclass
@@ -164,6 +165,112 @@ class ChunkBeamSearch(Strategy):
         if config.return_dict_in_generate:
             return result
         return result.sequences
+
+    @torch.no_grad()
+    def run(
+        self,
+        prompts: list[str],
+        sampler: ChunkSampler,
+        *,
+        weak_prompts: list | None = None,
+        max_new_tokens: int = 128,
+        num_return_sequences: int = 1,
+        return_trace: bool = False,
+    ) -> TextSearchOutput:
+        """Search with a large model reached only as text (e.g. a completions server).
+
+        Every round asks ``sampler`` for K continuations of at most L tokens of each live beam's text
+        (``prompt + response so far``); the pair scores the texts incrementally, as in the
+        cross-tokenizer path.
+
+        Args:
+            prompts: the prompts exactly as the large model should see them (already templated).
+            sampler: where chunks come from, e.g. :class:`w2s_generate.CompletionsSampler`.
+            weak_prompts: the prompts as the pair should see them (text or chat messages);
+                default ``prompts``.
+            max_new_tokens: token budget of each response (L per round).
+            num_return_sequences: how many of the best hypotheses to return per prompt (<= W).
+            return_trace: add the per-round trace.
+
+        Example:
+            >>> sampler = CompletionsSampler("http://127.0.0.1:8000/v1", "my-model")   # doctest: +SKIP
+            >>> out = cbs.run(["The movie was"], sampler=sampler, max_new_tokens=50)  # doctest: +SKIP
+            >>> out.texts[0], out.log_ratios[0]                                       # doctest: +SKIP
+        """
+        W, K = self.beam_width, self.successors_per_beam
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be a non-empty list of strings (the large model's prompt text).")
+        if num_return_sequences < 1 or num_return_sequences > W:
+            raise ValueError(
+                f"num_return_sequences={num_return_sequences} must be between 1 and beam_width={W}."
+            )
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}.")
+        weak_prompts = list(prompts) if weak_prompts is None else list(weak_prompts)
+        if len(weak_prompts) != len(prompts):
+            raise ValueError(f"weak_prompts has {len(weak_prompts)} entries for {len(prompts)} prompts.")
+        chunk = self.chunk_length or max_new_tokens
+        owners = [b for b in range(len(prompts)) for _ in range(W * K)]
+        state = self.pair.start(weak_prompts)
+        state.select(torch.tensor(owners))
+        texts = [""] * len(owners)
+        weak_rows: list[list[int]] = [[] for _ in owners]
+        pools = [_Pool() for _ in prompts]
+        trace: list[RoundTrace] = []
+        steps = min(chunk, max_new_tokens)
+        sampled = sampler.sample(list(prompts), W * K, steps)
+        children = [c for per_prefix in sampled for c in per_prefix]
+        generated, round_index = 0, 0
+        while True:
+            generated += steps
+            texts = [t + c.text for t, c in zip(texts, children)]
+            finished = [c.finished or generated >= max_new_tokens for c in children]
+            advance_texts(self.pair, state, weak_rows, texts)
+            scores = state.scores
+            keep, kept_finished = select_hypotheses(pools, owners, texts, scores.tolist(), finished, W)
+            if return_trace:
+                kept = torch.zeros(len(owners), dtype=torch.bool)
+                kept[keep + kept_finished] = True
+                trace.append(
+                    RoundTrace(
+                        round_index,
+                        torch.tensor(owners),
+                        list(texts),
+                        scores.cpu(),
+                        state.side_scores.cpu(),
+                        kept,
+                        {
+                            n: torch.tensor(v) @ state.side_scores.cpu()
+                            for n, v in self.pair.components.items()
+                        },
+                    )
+                )
+            round_index += 1
+            if not keep or generated >= max_new_tokens:
+                break
+            # Survivors, each repeated K times, on both sides; then K chunks per survivor.
+            expand = [r for r in keep for _ in range(K)]
+            state.select(torch.tensor(expand))
+            owners = [owners[r] for r in expand]
+            weak_rows = [list(weak_rows[r]) for r in expand]
+            texts = [texts[r] for r in expand]
+            steps = min(chunk, max_new_tokens - generated)
+            sampled = sampler.sample(
+                [prompts[owners[i * K]] + texts[i * K] for i in range(len(keep))], K, steps
+            )
+            children = [c for per_prefix in sampled for c in per_prefix]
+        live_scores = scores.tolist()
+        out_texts: list[str] = []
+        out_scores: list[float] = []
+        for b, pool in enumerate(pools):
+            hyps = [(f.score, f.response) for f in pool.finished]
+            hyps += [(live_scores[r], texts[r]) for r in keep if owners[r] == b]
+            hyps.sort(key=lambda h: -h[0])
+            hyps += [hyps[0]] * max(num_return_sequences - len(hyps), 0)
+            for score, text in hyps[:num_return_sequences]:
+                out_texts.append(text)
+                out_scores.append(score)
+        return TextSearchOutput(texts=out_texts, log_ratios=torch.tensor(out_scores), trace=trace or None)
 
     def _check_call(self, model, config: GenerationConfig) -> None:
         if getattr(model.config, "is_encoder_decoder", False):

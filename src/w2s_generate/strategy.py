@@ -26,6 +26,22 @@ class SearchOutput(ModelOutput):
     trace: list | None = None
 
 
+@dataclass
+class TextSearchOutput(ModelOutput):
+    """What :meth:`w2s_generate.ChunkBeamSearch.run` returns (a large model reached as text).
+
+    Attributes:
+        texts: ``B * num_return_sequences`` responses, best first per prompt.
+        log_ratios: the pair's objective of each response.
+        trace: with ``return_trace=True``, one :class:`w2s_generate.search.RoundTrace` per round
+            (its ``responses`` are texts).
+    """
+
+    texts: list[str] | None = None
+    log_ratios: torch.FloatTensor | None = None
+    trace: list | None = None
+
+
 class Strategy:
     """Base of the decoding strategies: a callable that ``model.generate`` runs.
 
