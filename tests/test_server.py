@@ -48,7 +48,7 @@ def served(tmp_path_factory):
     tokenizer.save_pretrained(folder)
     port = free_port()
     cli = Path(sys.executable).with_name("transformers")
-    log = open(folder.parent / "serve.log", "w")
+    log = open(folder.parent / "serve.log", "w")  # noqa: SIM115 - open for the server process lifetime
     process = subprocess.Popen(
         [str(cli), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
         stdout=log,
