@@ -164,3 +164,13 @@ def test_models_on_different_devices_are_refused(tokenizer):
     meta = meta.to("meta")
     with pytest.raises(ValueError, match="different devices"):
         w2s.WeakPair(make_model("gpt2", len(tokenizer), 1), meta, tokenizer)
+
+
+def test_wrong_tokenizer_and_missing_folder(tmp_path, family, tokenizer):
+    from conftest import make_tokenizer
+
+    tiny_tok = make_tokenizer(259)
+    with pytest.raises(ValueError, match="259 tokens for weak models with 1024 output rows"):
+        w2s.WeakPair(make_model(family, 1024, 1), make_model(family, 1024, 2), tiny_tok)
+    with pytest.raises(FileNotFoundError, match="No such folder"):
+        w2s.WeakPair.from_pretrained(tmp_path / "nope", tmp_path / "nope2")

@@ -95,6 +95,11 @@ class WeakPair:
         #: name -> coefficients over ``sides`` of each scored component (one per pair of an ensemble).
         self.components = components or {"pair": list(coefficients)}
         rows = _vocab_rows(sides[0].model)
+        if len(tokenizer) < rows // 2:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens for weak models with {rows} output rows: it is not "
+                "theirs (an empty tokenizer loads from a folder without tokenizer files). Pass tokenizer=."
+            )
         if len(tokenizer) > rows:
             raise ValueError(
                 f"The tokenizer has {len(tokenizer)} tokens but the weak models only {rows} output rows: "
@@ -334,6 +339,8 @@ def _adapter_dir(path_or_id: str | os.PathLike, allow_pickle: bool) -> str | Non
         return str(path)
     if os.path.exists(str(path_or_id)):
         return None
+    if path.is_absolute() or str(path_or_id).startswith((".", "~")) or len(path.parts) > 2:
+        raise FileNotFoundError(f"No such folder: {str(path_or_id)!r} (and it is not a hub id).")
     from huggingface_hub import file_exists, snapshot_download
 
     repo = str(path_or_id)

@@ -1,0 +1,315 @@
+"""The ``w2s-generate`` command line, end to end on tiny GPT-2 checkpoints saved to a temporary folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_model, make_tokenizer
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from w2s_generate import cli
+
+PROMPTS = [{"prompt": "the film was"}, {"prompt": "a quiet story", "id": "quiet"}, {"prompt": "the plot"}]
+FIELDS = {"id", "prompt", "response", "method", "settings"}
+FAST = ["--max-new-tokens", "4"]
+METHOD_ARGS = {
+    "cbs": ["--beam-width", "2", "--successors", "2", "--chunk-length", "2"],
+    "bon": ["--n", "3"],
+    "token": ["--beta", "2.0"],
+}
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|bos|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Folders: strong, tuned, untuned (safetensors + tokenizer), adapter (LoRA on untuned), pickle-only."""
+    root = tmp_path_factory.mktemp("cli-models")
+    tokenizer = make_tokenizer()
+    vocab = len(tokenizer)
+    dirs = {name: root / name for name in ("strong", "tuned", "untuned", "adapter", "pickled", "chat-tok")}
+    for name, seed, width in (("strong", 0, 48), ("tuned", 1, 32), ("untuned", 2, 32)):
+        make_model("gpt2", vocab, seed, width=width).save_pretrained(dirs[name])
+        tokenizer.save_pretrained(dirs[name])
+    base = AutoModelForCausalLM.from_pretrained(dirs["untuned"])
+    config = LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False)
+    torch.manual_seed(3)
+    get_peft_model(base, config).save_pretrained(dirs["adapter"])
+    # A checkpoint with pickle weights only (what old repositories ship).
+    dirs["pickled"].mkdir()
+    strong = make_model("gpt2", vocab, 0, width=48)
+    strong.config.save_pretrained(dirs["pickled"])
+    torch.save(strong.state_dict(), dirs["pickled"] / "pytorch_model.bin")
+    tokenizer.save_pretrained(dirs["pickled"])
+    # The same tokenizer with a chat template.
+    chat = make_tokenizer()
+    chat.chat_template = CHAT_TEMPLATE
+    chat.save_pretrained(dirs["chat-tok"])
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli-prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    return path
+
+
+def pair_args(models, kind: str = "two") -> list[str]:
+    if kind == "adapter":
+        return ["--adapter", str(models["adapter"])]
+    return ["--tuned", str(models["tuned"]), "--untuned", str(models["untuned"])]
+
+
+def generate(
+    models, out: Path, *extra: str, method: str = "cbs", pair: str = "two", prompts=None, progress=False
+) -> int:
+    args = ["generate", "--model", str(models["strong"]), *pair_args(models, pair), "--method", method]
+    args += METHOD_ARGS[method] + FAST + ["--out", str(out)] + ([] if progress else ["--no-progress"])
+    if prompts is not None:
+        args += ["--prompts", str(prompts)]
+    return cli.main(args + list(extra))
+
+
+def read_results(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------- help and usage errors
+
+
+def test_help_of_the_program_and_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "generate" in text and "COMMAND" in text
+    for name in cli.COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    text = capsys.readouterr().out
+    for option in (
+        "--model",
+        "--adapter",
+        "--tuned",
+        "--untuned",
+        "--method",
+        "--prompts",
+        "--out",
+        "--beta",
+    ):
+        assert option in text
+    assert "cbs" in text and "safetensors" in text
+
+
+def test_no_subcommand_prints_help_and_fails(capsys):
+    assert cli.main([]) == 2
+    assert "generate" in capsys.readouterr().err
+
+
+def test_adding_a_subcommand_is_one_registration(monkeypatch, capsys):
+    def add_arguments(parser):
+        parser.add_argument("--word", default="hi")
+
+    def run(args):
+        print(args.word)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "echo", cli.Command("say a word", add_arguments, run))
+    assert cli.main(["echo", "--word", "yes"]) == 0
+    assert capsys.readouterr().out.strip() == "yes"
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        (["--adapter", "A", "--untuned", "U"], "--adapter cannot be combined with --untuned"),
+        (["--adapter", "A", "--tuned", "T"], "--adapter cannot be combined with --tuned"),
+        (["--tuned", "T"], "--tuned needs --untuned"),
+        (["--untuned", "U"], "--untuned needs --tuned"),
+        ([], "no weak pair given"),
+        (["--adapter", "A", "--beta", "2"], "--beta applies to --method token only"),
+        (["--adapter", "A", "--temperature", "0"], "--temperature 0 is greedy"),
+    ],
+)
+def test_bad_combinations_are_refused_clearly(pair, message, tmp_path, capsys):
+    argv = [
+        "generate",
+        "--model",
+        "M",
+        *pair,
+        "--method",
+        "cbs",
+        "--prompt",
+        "x",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- generating
+
+
+@pytest.mark.parametrize("method", ["cbs", "bon", "token"])
+def test_each_method_writes_one_line_per_prompt_and_a_rerun_adds_nothing(
+    method, models, prompts_file, tmp_path
+):
+    out = tmp_path / "results.jsonl"
+    assert generate(models, out, method=method, prompts=prompts_file) == 0
+    results = read_results(out)
+    assert [r["id"] for r in results] == [1, "quiet", 3]
+    assert [r["prompt"] for r in results] == [p["prompt"] for p in PROMPTS]
+    for r in results:
+        assert set(r) >= FIELDS and r["method"] == method
+        assert isinstance(r["response"], str)
+        assert ("log_ratio" in r) == (method != "token")
+        assert r["settings"]["max_new_tokens"] == 4 and r["settings"]["model"] == str(models["strong"])
+    if method != "token":
+        assert all(isinstance(r["log_ratio"], float) for r in results)
+    before = out.read_bytes()
+    assert generate(models, out, method=method, prompts=prompts_file) == 0
+    assert out.read_bytes() == before
+
+
+def test_an_interrupted_run_resumes_and_matches_an_uninterrupted_one(models, prompts_file, tmp_path, capsys):
+    full = tmp_path / "full.jsonl"
+    assert generate(models, full, prompts=prompts_file) == 0
+    first = full.read_text().splitlines()[0]
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(first + "\n" + '{"id": "quiet", "prom')  # killed while writing the second result
+    assert generate(models, cut, prompts=prompts_file) == 0
+    assert "incomplete last line" in capsys.readouterr().err
+    # Each prompt samples with its own seed, so the resumed file equals the uninterrupted one.
+    assert cut.read_text() == full.read_text()
+
+
+def test_malformed_lines_are_reported_and_the_others_still_done(models, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [
+        json.dumps({"prompt": "the film was"}),
+        '{"prompt": "unterminated',
+        json.dumps({"id": "no-prompt", "text": "hi"}),
+        "",
+        json.dumps({"prompt": [{"role": "user"}]}),
+        json.dumps({"prompt": "the plot", "id": "last"}),
+        json.dumps({"prompt": "again", "id": "last"}),
+    ]
+    prompts.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "results.jsonl"
+    assert generate(models, out, prompts=prompts) == 1
+    err = capsys.readouterr().err
+    assert "line 2: not valid JSON" in err
+    assert 'line 3: no "prompt" field' in err
+    assert "line 4" not in err  # blank lines are ignored
+    assert 'line 5: "prompt"[0] is not a chat message' in err
+    assert 'line 7: id "last" already used on line 6' in err
+    assert [r["id"] for r in read_results(out)] == [1, "last"]
+
+
+def test_adapter_pair_and_direct_prompts(models, tmp_path):
+    out = tmp_path / "results.jsonl"
+    assert (
+        generate(
+            models, out, "--prompt", "the film was", "--prompt", "a quiet", pair="adapter", progress=True
+        )
+        == 0
+    )
+    results = read_results(out)
+    assert [r["id"] for r in results] == [1, 2]
+    assert results[0]["settings"]["adapter"] == str(models["adapter"])
+    assert all(isinstance(r["log_ratio"], float) for r in results)
+
+
+def test_chat_templates_format_prompts_and_can_be_turned_off(models, tmp_path, capsys):
+    chat = str(models["chat-tok"])
+    prompts = tmp_path / "prompts.jsonl"
+    messages = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "the film"}]
+    prompts.write_text(json.dumps({"prompt": "the plot"}) + "\n" + json.dumps({"prompt": messages}) + "\n")
+    out = tmp_path / "results.jsonl"
+    extra = ["--tokenizer", chat, "--weak-tokenizer", chat]
+    assert generate(models, out, *extra, prompts=prompts) == 0
+    assert [r["prompt"] for r in read_results(out)] == ["the plot", messages]
+    off = tmp_path / "off.jsonl"
+    assert generate(models, off, *extra, "--no-chat-template", prompts=prompts) == 1
+    assert (
+        "line 2: id 2: the prompt is a list of chat messages but --no-chat-template"
+        in capsys.readouterr().err
+    )
+    assert [r["id"] for r in read_results(off)] == [1]
+
+
+def test_prompt_formatting_per_model():
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    args = cli.build_parser().parse_args(
+        ["generate", "--model", "M", "--adapter", "A", "--method", "cbs", "--prompt", "x", "--out", "o"]
+    )
+    record = cli.PromptRecord(1, 1, "the film")
+    expected = tokenizer("<|bos|>user: the film\nassistant:", add_special_tokens=False)["input_ids"]
+    assert cli.strong_prompt_ids(record, tokenizer, args) == expected
+
+    class Pair:  # only the tokenizer is read
+        pass
+
+    pair = Pair()
+    pair.tokenizer = tokenizer
+    assert cli.weak_prompt(record, pair, args) == [{"role": "user", "content": "the film"}]
+    args.no_chat_template = True
+    assert cli.strong_prompt_ids(record, tokenizer, args) == tokenizer("the film")["input_ids"]
+    assert cli.weak_prompt(cli.PromptRecord(1, 1, "x", weak_prompt="weak side"), pair, args) == "weak side"
+
+
+# --------------------------------------------------------------------------- loading safely
+
+
+def test_pickle_weights_are_refused_without_allow_pickle(models, tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    argv = ["generate", "--model", str(models["pickled"]), *pair_args(models), "--method", "bon", "--n", "2"]
+    argv += FAST + ["--no-progress", "--prompt", "the film", "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "safetensors" in err and "--allow-pickle" in err and "pytorch_model.bin" in err
+    assert not out.exists()
+    assert cli.main(argv + ["--allow-pickle"]) == 0
+    assert len(read_results(out)) == 1
+
+
+def test_a_checkpoint_without_tokenizer_files_is_refused(models, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    AutoModelForCausalLM.from_pretrained(models["strong"]).save_pretrained(bare)
+    argv = ["generate", "--model", str(bare), *pair_args(models), "--method", "bon", "--n", "2"]
+    argv += FAST + ["--no-progress", "--prompt", "the film", "--out", str(tmp_path / "o.jsonl")]
+    assert cli.main(argv) == 2
+    assert "no tokenizer files" in capsys.readouterr().err
+    assert cli.main(argv + ["--tokenizer", str(models["strong"])]) == 0
+
+
+def test_checks_that_need_no_model(tmp_path, capsys):
+    base = ["generate", "--model", "M", "--adapter", "A", "--method", "cbs"]
+    # A rerun whose prompt changed under a done id says so (and loads nothing: all ids are done).
+    out = tmp_path / "results.jsonl"
+    out.write_text(
+        json.dumps({"id": 1, "prompt": "old", "response": "", "method": "cbs", "settings": {}}) + "\n"
+    )
+    assert cli.main(base + ["--prompt", "new", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "1 id(s) already in" in err and "another prompt" in err and "nothing to do" in err
+    assert cli.main(base + ["--prompts", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
+    assert "cannot read --prompts" in capsys.readouterr().err
+    assert cli.main(base + ["--prompt", "x", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
