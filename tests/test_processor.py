@@ -168,7 +168,9 @@ def test_padded_vocabulary_uses_shared_rows(family, tokenizer):
     ids = tokenizer(["the film"], return_tensors="pt")["input_ids"]
     out = processor(ids, torch.zeros(1, vocab + 64))
     assert torch.isinf(out[:, vocab:]).all() and torch.isfinite(out[:, :vocab]).all()
-    generated = strong.generate(input_ids=ids, do_sample=True, max_new_tokens=20, logits_processor=[processor])
+    generated = strong.generate(
+        input_ids=ids, do_sample=True, max_new_tokens=20, logits_processor=[processor]
+    )
     assert int(generated.max()) < vocab
 
 
