@@ -219,3 +219,54 @@ def test_bad_sampler_settings():
         w2s.CompletionsSampler("localhost:8000", "m")
     with pytest.raises(ValueError, match="max_workers must be >= 1"):
         w2s.CompletionsSampler("http://127.0.0.1:1/v1", "m", max_workers=0)
+
+
+def test_cli_endpoint(served, tmp_path):
+    from w2s_generate.cli import main
+
+    tok = served["tokenizer"]
+    for name, seed in (("tuned", 11), ("untuned", 12)):
+        make_model("llama", len(tok), seed).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "the film was"}\n{"prompt": "a quiet story"}\n')
+    out = tmp_path / "out.jsonl"
+    argv = [
+        "generate",
+        "--endpoint",
+        served["base"],
+        "--model",
+        served["model"],
+        "--tuned",
+        str(tmp_path / "tuned"),
+        "--untuned",
+        str(tmp_path / "untuned"),
+        "--method",
+        "cbs",
+        "--beam-width",
+        "2",
+        "--successors",
+        "2",
+        "--chunk-length",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["the film was", "a quiet story"]
+    pair = w2s.WeakPair.from_pretrained(tmp_path / "tuned", tmp_path / "untuned")
+    got = torch.tensor([r["log_ratio"] for r in rows])
+    torch.testing.assert_close(
+        got,
+        pair.score(["the film was", "a quiet story"], [r["response"] for r in rows]),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    with pytest.raises(SystemExit):
+        main(argv[:-6] + ["--method", "token", "--prompts", str(prompts), "--out", str(out)])

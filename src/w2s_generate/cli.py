@@ -146,6 +146,19 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     models.add_argument("--tokenizer", metavar="PATH", help="the large model's tokenizer (default: --model)")
     models.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) serving the large model; --model is "
+        "then the name it serves and no local large model is loaded (cbs and bon only; prompts are sent as "
+        "text, formatted with --tokenizer's chat template when given)",
+    )
+    models.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        metavar="NAME",
+        help="--endpoint: where the API key is read from",
+    )
+    models.add_argument(
         "--weak-tokenizer",
         metavar="PATH",
         help="the weak pair's tokenizer (default: next to --adapter or its base, or --tuned)",
@@ -260,6 +273,10 @@ def _check_generate_args(parser: argparse.ArgumentParser, args: argparse.Namespa
     for option, default in METHOD_OPTIONS[args.method].items():
         if getattr(args, option) is None:
             setattr(args, option, default)
+    if args.endpoint is not None and args.method == "token":
+        parser.error(
+            "--endpoint serves text only, and token guidance needs the large model's logits: use --method cbs or bon."
+        )
     if args.temperature == 0 and args.method != "token":
         parser.error(
             f"--temperature 0 is greedy decoding, but --method {args.method} samples its candidates: "
@@ -557,6 +574,20 @@ def strong_prompt_ids(record: PromptRecord, tokenizer, args: argparse.Namespace)
     return list(ids)
 
 
+def strong_prompt_text(record: PromptRecord, tokenizer, args: argparse.Namespace) -> str:
+    """The prompt text sent to --endpoint: through --tokenizer's chat template when there is one."""
+    if tokenizer is not None and _uses_chat_template(tokenizer, args):
+        return tokenizer.apply_chat_template(
+            _as_messages(record.prompt), add_generation_prompt=True, tokenize=False
+        )
+    if isinstance(record.prompt, str):
+        return record.prompt
+    raise ValueError(
+        "the prompt is a list of chat messages but no chat template formats it for --endpoint: pass --tokenizer "
+        "with the served model's tokenizer, or give the prompt as text"
+    )
+
+
 def weak_prompt(record: PromptRecord, pair, args: argparse.Namespace):
     """What the weak pair reads as the prompt: text, or chat messages for its own chat template."""
     prompt = record.weak_prompt if record.weak_prompt is not None else record.prompt
@@ -577,8 +608,9 @@ def weak_prompt(record: PromptRecord, pair, args: argparse.Namespace):
 @dataclass
 class Prepared:
     record: PromptRecord
-    ids: list[int]
+    ids: list[int] | None
     weak: Any
+    text: str | None = None  # the prompt as text, for --endpoint
 
 
 def _prepare(
@@ -587,7 +619,11 @@ def _prepare(
     prepared, bad = [], []
     for record in records:
         try:
-            ids = strong_prompt_ids(record, strong_tokenizer, args)
+            text = None
+            if args.endpoint is not None:
+                ids, text = None, strong_prompt_text(record, strong_tokenizer, args)
+            else:
+                ids = strong_prompt_ids(record, strong_tokenizer, args)
             if args.method == "token":
                 if record.weak_prompt is not None:
                     raise ValueError(
@@ -601,7 +637,7 @@ def _prepare(
         except Exception as error:  # a chat template may raise anything (jinja errors included)
             bad.append(BadLine(record.line, f"id {json.dumps(record.id)}: {error}"))
             continue
-        prepared.append(Prepared(record, ids, weak))
+        prepared.append(Prepared(record, ids, weak, text))
     return prepared, bad
 
 
@@ -644,6 +680,15 @@ def _eos_ids(model, tokenizer) -> set[int]:
 def _generate_batch(model, tokenizer, strategy, batch: list[Prepared], args) -> tuple[list[str], list | None]:
     """Responses (text) and log-ratios (searches only) for one batch of prepared prompts."""
     import torch
+
+    if args.endpoint is not None:  # `model` is a CompletionsSampler
+        out = strategy.run(
+            [p.text for p in batch],
+            sampler=model,
+            weak_prompts=[p.weak for p in batch],
+            max_new_tokens=args.max_new_tokens,
+        )
+        return list(out.texts), [float(x) for x in out.log_ratios]
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     inputs = tokenizer.pad({"input_ids": [p.ids for p in batch]}, return_tensors="pt")
@@ -730,6 +775,8 @@ def _load(args: argparse.Namespace):
     from .generate import enable
     from .processor import check_shared_vocabulary
 
+    if args.endpoint is not None:
+        return _load_remote(args)
     model, tokenizer = load_strong(args)
     pair = load_pair(args)
     if args.method == "token":
@@ -738,6 +785,35 @@ def _load(args: argparse.Namespace):
         except ValueError as error:
             raise LoadError(f"--method token: {error}") from error
     return enable(model), tokenizer, pair, make_strategy(args, pair, tokenizer)
+
+
+def _load_remote(args: argparse.Namespace):
+    """``(sampler, tokenizer or None, pair, strategy)`` for --endpoint."""
+    from transformers import AutoTokenizer
+
+    from .samplers import CompletionsSampler
+
+    tokenizer = None
+    if args.tokenizer is not None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                args.tokenizer, trust_remote_code=args.trust_remote_code
+            )
+        except (OSError, ValueError) as error:
+            raise LoadError(f"could not load --tokenizer {args.tokenizer}: {error}") from error
+    try:
+        sampler = CompletionsSampler(
+            args.endpoint,
+            args.model,
+            api_key_env=args.api_key_env,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        raise LoadError(f"--endpoint: {error}") from error
+    pair = load_pair(args)
+    return sampler, tokenizer, pair, make_strategy(args, pair, tokenizer)
 
 
 def _result(item: Prepared, text: str, log_ratio: float | None, settings: dict, args) -> dict[str, Any]:
@@ -803,7 +879,10 @@ def run_generate(args: argparse.Namespace) -> int:
         for batch in _batches(prepared, args.batch_size):
             try:
                 texts, log_ratios = _generate_batch(model, tokenizer, strategy, batch, args)
-            except ValueError as error:  # e.g. a prompt too long for the model; the others may still work
+            except (
+                ValueError,
+                RuntimeError,
+            ) as error:  # a prompt too long, a server down: the others may still work
                 failed = [BadLine(p.record.line, f"id {json.dumps(p.record.id)}: {error}") for p in batch]
                 for line in failed:
                     bar.write(f"{PROG}: {line}", file=sys.stderr)
