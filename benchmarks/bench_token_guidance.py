@@ -1,0 +1,366 @@
+"""Per-token overhead of token-level weak-to-strong guidance against plain ``generate``.
+
+What is measured
+----------------
+A strong causal LM samples ``--new-tokens`` tokens for ``--batch`` prompts with
+``model.generate(do_sample=True, min_new_tokens=N, max_new_tokens=N)`` (equal lengths in every run),
+three ways:
+
+1. **plain**: ``generate`` alone;
+2. **guided, two checkpoints**: with ``w2s.WeakToStrongLogitsProcessor`` over
+   ``w2s.WeakPair(tuned, untuned, tokenizer)``, two separate weak models;
+3. **guided, LoRA pair**: with the processor over ``w2s.WeakPair.from_peft(...)``, one weak base
+   plus a LoRA adapter (``init_lora_weights=False``, so the adapter is not a no-op); both sides run in
+   one mixed-batch forward.
+
+The strong model has about 10x the parameters of one weak model. The exact counts are printed, with
+the ratio a pure parameter-count (FLOP) model predicts for guided/plain: ``1 + 2 * weak / strong``
+(each step runs the strong model once and the weak model on twice the rows). The measured ratio also
+holds what that model leaves out: per-step Python work of the processor, the log-softmax over the
+vocabulary for three models, the KV-cache bookkeeping of the weak side, and, for small models on a
+CPU, per-layer call overhead that does not shrink with the width.
+
+Every model is built from a config with random weights (nothing is downloaded); the tokenizer is a
+byte-level BPE trained in-script on a synthetic text to a vocabulary of a few thousand tokens, so the
+LM head and the vocabulary-wide operations have a realistic-ish size. The prompt (and the weak side's
+prefill) is inside the timed region of every run.
+
+The runs are interleaved (plain, two-checkpoint, LoRA, plain, ...) after one warm-up run of each, and
+the median over ``--repeats`` is reported as milliseconds per generated token, i.e. wall time divided
+by ``--new-tokens`` (one decoding step produces one token for each of the ``--batch`` rows), and as
+throughput (``batch * new_tokens / time``). A markdown table for the docs and the exact command line
+are printed at the end.
+
+How to run
+----------
+::
+
+    python benchmarks/bench_token_guidance.py                      # GPT-2 family, CPU, float32
+    python benchmarks/bench_token_guidance.py --family llama
+    python benchmarks/bench_token_guidance.py --batch 8 --new-tokens 128 --repeats 5
+    python benchmarks/bench_token_guidance.py --device cuda --dtype bfloat16
+
+The default run takes well under two minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from peft import LoraConfig, get_peft_model
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+import w2s_generate as w2s
+
+VOCAB_SIZE = 4096
+MAX_POSITIONS = 1024
+PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
+
+# Strong ~10x one weak model (the printed counts are the exact figures).
+SIZES = {
+    "gpt2": {
+        "strong": {"n_embd": 512, "n_layer": 8, "n_head": 8},
+        "weak": {"n_embd": 192, "n_layer": 4, "n_head": 4},
+    },
+    "llama": {
+        "strong": {"hidden": 512, "layers": 8, "heads": 8, "kv_heads": 4, "mlp": 1408},
+        "weak": {"hidden": 160, "layers": 4, "heads": 4, "kv_heads": 2, "mlp": 432},
+    },
+}
+LORA_TARGETS = {"gpt2": ["c_attn", "c_proj"], "llama": ["q_proj", "v_proj"]}
+
+PROMPTS = [
+    "Review: the film was",
+    "Write a short, friendly reply to a customer who asked about delivery times:",
+    "Summary:",
+    "The quiet story follows a family in a small town who",
+]
+
+ENGLISH = [
+    "the film was wonderful and the acting was great",
+    "the plot was dull and the ending was awful",
+    "a quiet story about a family in a small town",
+    "i loved every minute of this movie, truly a delight",
+    "terrible pacing, weak characters and a boring script",
+    "Write a short, friendly reply to a customer who asked about delivery times.",
+    "Review: 5 stars. Summary: an honest, moving drama.",
+]
+
+
+# ---------------------------------------------------------------------- tokenizer
+def synthetic_corpus(seed: int = 0, n_words: int = 60_000) -> list[str]:
+    """Zipf-distributed pseudo-words plus a few English lines: enough text for ~4k BPE merges."""
+    rng = random.Random(seed)
+    onsets = [*"bcdfghjklmnprstvwz", "br", "cr", "dr", "fl", "gr", "pl", "st", "tr", "ch", "sh", "th"]
+    nuclei = ["a", "e", "i", "o", "u", "ai", "ea", "ee", "oo", "ou"]
+    codas = ["", "", "n", "r", "s", "t", "l", "m", "nd", "st", "ng"]
+    lexicon: set[str] = set()
+    while len(lexicon) < 3000:
+        syllables = rng.choice([1, 1, 2, 2, 3])
+        lexicon.add(
+            "".join(rng.choice(onsets) + rng.choice(nuclei) + rng.choice(codas) for _ in range(syllables))
+        )
+    words = sorted(lexicon)
+    weights = [1.0 / (rank + 1) ** 0.8 for rank in range(len(words))]
+    stream = rng.choices(words, weights, k=n_words)
+    lines = [" ".join(stream[i : i + 12]) for i in range(0, len(stream), 12)]
+    return lines + ENGLISH * 50
+
+
+def make_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained in code, wrapped for transformers, left padding."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(synthetic_corpus(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS)
+    fast.padding_side = "left"
+    return fast
+
+
+# ---------------------------------------------------------------------- models
+def make_model(family: str, role: str, vocab: int, ids: dict[str, int], seed: int) -> PreTrainedModel:
+    """A randomly initialised causal LM of the family and role ("strong" or "weak"), in eval mode."""
+    torch.manual_seed(seed)
+    size = SIZES[family][role]
+    if family == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab,
+            n_positions=MAX_POSITIONS,
+            n_embd=size["n_embd"],
+            n_layer=size["n_layer"],
+            n_head=size["n_head"],
+            **ids,
+        )
+        model = GPT2LMHeadModel(config)
+    else:
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=size["hidden"],
+            intermediate_size=size["mlp"],
+            num_hidden_layers=size["layers"],
+            num_attention_heads=size["heads"],
+            num_key_value_heads=size["kv_heads"],
+            max_position_embeddings=MAX_POSITIONS,
+            **ids,
+        )
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = ids["pad_token_id"]
+    model.generation_config.eos_token_id = ids["eos_token_id"]
+    return model.eval()
+
+
+def n_params(model: torch.nn.Module) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------- timing
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(run: Callable[[], torch.Tensor], device: torch.device, seed: int) -> tuple[float, torch.Tensor]:
+    torch.manual_seed(seed)
+    synchronize(device)
+    start = time.perf_counter()
+    out = run()
+    synchronize(device)
+    return time.perf_counter() - start, out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--family", choices=sorted(SIZES), default="gpt2", help="model family (default gpt2)")
+    parser.add_argument("--batch", type=int, default=4, help="prompts per generate call (default 4)")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row (default 64)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (default 3)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="weights dtype"
+    )
+    parser.add_argument("--beta", type=float, default=1.0, help="guidance strength (default 1.0)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed of every run (default 0)")
+    args = parser.parse_args(argv)
+    if args.batch < 1 or args.new_tokens < 1 or args.repeats < 1:
+        parser.error("--batch, --new-tokens and --repeats must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    family = args.family
+
+    tok = make_tokenizer()
+    vocab = len(tok)
+    ids = {
+        "pad_token_id": tok.pad_token_id,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
+
+    strong = make_model(family, "strong", vocab, ids, seed=1).to(device, dtype)
+    tuned = make_model(family, "weak", vocab, ids, seed=2).to(device, dtype)
+    untuned = make_model(family, "weak", vocab, ids, seed=3).to(device, dtype)
+    lora_base = make_model(family, "weak", vocab, ids, seed=3)
+    torch.manual_seed(4)
+    lora_config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=LORA_TARGETS[family],
+        init_lora_weights=False,  # random A and B: the adapter changes the outputs, as a tuned one would
+        fan_in_fan_out=family == "gpt2",  # GPT-2's Conv1D stores weights transposed
+    )
+    with warnings.catch_warnings():  # peft reads a deprecated transformers property; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(lora_base, lora_config)
+    peft_model = peft_model.to(device, dtype).eval()
+
+    two_checkpoints = w2s.WeakPair(tuned, untuned, tok)
+    lora_pair = w2s.WeakPair.from_peft(peft_model, tok)
+    guided_two = w2s.WeakToStrongLogitsProcessor(two_checkpoints, beta=args.beta, strong_tokenizer=tok)
+    guided_lora = w2s.WeakToStrongLogitsProcessor(lora_pair, beta=args.beta, strong_tokenizer=tok)
+
+    n_strong, n_weak = n_params(strong), n_params(untuned)
+    n_lora = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
+    theory = 1 + 2 * n_weak / n_strong
+
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.batch)]
+    inputs = tok(prompts, return_tensors="pt", padding=True).to(device)
+    n = args.new_tokens
+    gen_kwargs = {
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_k": 50,
+        "min_new_tokens": n,
+        "max_new_tokens": n,
+        "pad_token_id": tok.pad_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
+
+    variants: dict[str, Callable[[], torch.Tensor]] = {
+        "plain generate": lambda: strong.generate(**inputs, **gen_kwargs),
+        "guided, two checkpoints": lambda: strong.generate(
+            **inputs, **gen_kwargs, logits_processor=[guided_two]
+        ),
+        "guided, LoRA pair": lambda: strong.generate(**inputs, **gen_kwargs, logits_processor=[guided_lora]),
+    }
+
+    print(f"# token-level guidance overhead ({family})")
+    print(
+        f"torch {torch.__version__}, device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    if hasattr(os, "getloadavg"):
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        busy = "  <- other processes share the CPU: timings are noisy" if load > 0.5 * cores else ""
+        print(f"load average {load:.2f} on {cores} cores before the run{busy}")
+    print(f"vocabulary: {vocab} tokens (byte-level BPE trained in-script)")
+    print(f"strong: {n_strong:>12,} parameters  {describe(family, 'strong')}")
+    print(f"weak:   {n_weak:>12,} parameters  {describe(family, 'weak')}  (each of the two checkpoints)")
+    print(
+        f"LoRA:   {n_lora:>12,} adapter parameters on one weak base (r=8, {', '.join(LORA_TARGETS[family])})"
+    )
+    print(f"strong/weak parameter ratio: {n_strong / n_weak:.2f}x")
+    print(f"batch {args.batch}, {n} new tokens per row, {args.repeats} timed runs per variant + 1 warm-up")
+    print()
+
+    prompt_width = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        for name, run in variants.items():  # warm-up
+            _, out = timed(run, device, args.seed)
+            if out.shape != (args.batch, prompt_width + n):
+                raise RuntimeError(
+                    f"{name}: generated shape {tuple(out.shape)}, expected {(args.batch, prompt_width + n)}"
+                )
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.repeats):
+            for name, run in variants.items():  # interleaved
+                seconds, _ = timed(run, device, args.seed)
+                times[name].append(seconds)
+
+    ms = {name: 1000 * statistics.median(t) / n for name, t in times.items()}
+    spread = {name: (1000 * min(t) / n, 1000 * max(t) / n) for name, t in times.items()}
+    base = ms["plain generate"]
+    for name in variants:
+        low, high = spread[name]
+        print(
+            f"{name:<24} {ms[name]:8.2f} ms/token (median; runs {low:.2f}-{high:.2f})   "
+            f"{args.batch * 1000 / ms[name]:8.1f} tokens/s   x{ms[name] / base:.2f} vs plain"
+        )
+    print(f"(2)/(1) two checkpoints / plain: {ms['guided, two checkpoints'] / base:.2f}")
+    print(f"(3)/(1) LoRA pair / plain:       {ms['guided, LoRA pair'] / base:.2f}")
+    print(f"theoretical from parameter counts, 1 + 2*weak/strong: {theory:.2f}")
+    print()
+
+    command = "python " + shlex.join(sys.argv if argv is None else [sys.argv[0], *argv])
+    explicit = (
+        f"python benchmarks/bench_token_guidance.py --family {family} --batch {args.batch} "
+        f"--new-tokens {n} --repeats {args.repeats} --device {args.device} --dtype {args.dtype} "
+        f"--beta {args.beta:g} --seed {args.seed}" + (f" --threads {args.threads}" if args.threads else "")
+    )
+    print(
+        f"{family}: strong {n_strong / 1e6:.1f}M vs weak {n_weak / 1e6:.2f}M parameters "
+        f"({n_strong / n_weak:.1f}x), vocabulary {vocab}, batch {args.batch}, {n} new tokens, "
+        f"{device} {args.dtype}, {torch.get_num_threads()} threads, median of {args.repeats}"
+    )
+    print()
+    print("| variant | ms / token | overhead ms / token | tokens / s | vs plain |")
+    print("|---|---:|---:|---:|---:|")
+    for name in variants:
+        print(
+            f"| {name} | {ms[name]:.2f} | {ms[name] - base:+.2f} | {args.batch * 1000 / ms[name]:.1f} "
+            f"| {ms[name] / base:.2f}x |"
+        )
+    print(f"| theoretical (1 + 2·weak/strong) | | | | {theory:.2f}x |")
+    print()
+    print(
+        f"ms / token: median wall time of one generate call / {n} new tokens (each step samples {args.batch} rows)."
+    )
+    print()
+    print(f"command: {command}")
+    print(f"same as: {explicit}")
+
+
+def describe(family: str, role: str) -> str:
+    size = SIZES[family][role]
+    if family == "gpt2":
+        return f"(GPT-2, {size['n_layer']} layers, n_embd {size['n_embd']}, {size['n_head']} heads)"
+    return (
+        f"(Llama, {size['layers']} layers, hidden {size['hidden']}, {size['heads']} heads / "
+        f"{size['kv_heads']} kv, mlp {size['mlp']})"
+    )
+
+
+if __name__ == "__main__":
+    main()
