@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -900,6 +901,66 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- demo
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``w2s-generate demo``."""
+    parser.add_argument(
+        "--cache-dir", metavar="DIR", help="model cache (default $W2S_GENERATE_CACHE or ~/.cache)"
+    )
+    parser.add_argument("--force", action="store_true", help="retrain the demo models even if cached")
+    parser.add_argument("--prompts", type=_positive_int, default=32, metavar="N", help="prompts (default 32)")
+    parser.add_argument(
+        "--budgets",
+        type=_positive_int,
+        nargs="+",
+        default=[4, 16],
+        metavar="N",
+        help="large-model samples per prompt for best-of-N and CBS (W = K = sqrt(N); default 4 16)",
+    )
+    parser.add_argument(
+        "--chunk-length", type=_positive_int, default=5, metavar="L", help="CBS chunk length (default 5)"
+    )
+    parser.add_argument("--beta", type=float, default=1.0, help="token guidance strength (default 1.0)")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=40, metavar="N", help="default 40")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="default 0")
+    parser.add_argument("--out-dir", default="w2s-demo", metavar="DIR", help="where the table and plot go")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``w2s-generate demo``: train or load the offline demo models and compare every method."""
+    import dataclasses
+
+    from .demo import load_demo_models
+    from .demo.compare import format_table, plot, run_comparison
+
+    started = time.perf_counter()
+    models = load_demo_models(args.cache_dir, force=args.force, progress=not args.no_progress)
+    print(f"demo models ready in {time.perf_counter() - started:.0f}s ({models.cache_dir})")
+    rows = run_comparison(
+        models,
+        n_prompts=args.prompts,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        budgets=tuple(args.budgets),
+        chunk_length=args.chunk_length,
+        beta=args.beta,
+        progress=not args.no_progress,
+    )
+    table = format_table(rows)
+    print(table)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.md").write_text(table + "\n")
+    (out_dir / "results.json").write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
+    if not args.no_plot:
+        print(f"plot: {plot(rows, out_dir / 'reward_vs_compute.png')}")
+    return 0
+
+
 # --------------------------------------------------------------------------- registration
 
 COMMANDS: dict[str, Command] = {
@@ -909,8 +970,11 @@ COMMANDS: dict[str, Command] = {
         run=run_generate,
         description=GENERATE_DESCRIPTION,
     ),
-    # "demo": reserved for the demo subcommand (train or load the demo models and run the quick
-    # check); it is added as one more entry here: Command(help, add_arguments, run).
+    "demo": Command(
+        help="the offline demo: train small review models once, then compare every method on them",
+        add_arguments=add_demo_arguments,
+        run=run_demo,
+    ),
 }
 
 
