@@ -160,6 +160,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         help="--endpoint: where the API key is read from",
     )
     models.add_argument(
+        "--extra-body",
+        type=json.loads,
+        metavar="JSON",
+        help="--endpoint: more request fields, e.g. '{\"top_k\": 50}' for vLLM (the completions API has no "
+        "top_k, so --top-k is not sent by itself)",
+    )
+    models.add_argument(
         "--weak-tokenizer",
         metavar="PATH",
         help="the weak pair's tokenizer (default: next to --adapter or its base, or --tuned)",
@@ -646,8 +653,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """What produced a result (the per-prompt seed is added per record)."""
     weak = {"adapter": args.adapter} if args.adapter else {"tuned": args.tuned, "untuned": args.untuned}
     tokenizers = {"tokenizer": args.tokenizer, "weak_tokenizer": args.weak_tokenizer}
+    remote = {"endpoint": args.endpoint, "extra_body": args.extra_body} if args.endpoint else {}
     return {
         "model": args.model,
+        **remote,
         **weak,
         **{key: value for key, value in tokenizers.items() if value is not None},
         **{option: getattr(args, option) for option in METHOD_OPTIONS[args.method]},
@@ -810,6 +819,7 @@ def _load_remote(args: argparse.Namespace):
             temperature=args.temperature,
             top_p=args.top_p,
             seed=args.seed,
+            extra_body=args.extra_body,
         )
     except ValueError as error:
         raise LoadError(f"--endpoint: {error}") from error

@@ -365,9 +365,14 @@ def _load_tokenizer(
     errors = []
     for candidate in candidates:
         try:
-            return AutoTokenizer.from_pretrained(candidate, trust_remote_code=trust_remote_code)
+            loaded = AutoTokenizer.from_pretrained(candidate, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
             errors.append(f"{candidate}: {error}")
+            continue
+        # transformers 5 returns an empty tokenizer for a folder without tokenizer files.
+        if len(loaded) > 1:
+            return loaded
+        errors.append(f"{candidate}: no tokenizer files")
     raise ValueError(
         "No tokenizer found next to the weak models; pass tokenizer=. Tried: " + "; ".join(errors)
     )

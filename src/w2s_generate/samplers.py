@@ -9,6 +9,7 @@ a sample that cannot be had raises :class:`RemoteSamplerError`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -40,6 +41,12 @@ class ChunkSampler(Protocol):
     def sample(self, prefixes: Sequence[str], n: int, max_tokens: int) -> list[list[Chunk]]: ...
 
 
+def _request_seed(seed: int, prompt: str, index: int) -> int:
+    """A request's seed from the base seed, its prompt and its sample index (stable across runs)."""
+    digest = hashlib.sha256(f"{seed}\x00{index}\x00{prompt}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
 class RemoteSamplerError(RuntimeError):
     """A completions request failed for good (bad credentials, unknown model, retries used up)."""
 
@@ -64,7 +71,8 @@ class CompletionsSampler:
         timeout: seconds per request.
         retries: attempts after the first on transient errors (5xx, 429, timeouts, malformed JSON).
         backoff: first retry delay in seconds; doubles each retry.
-        seed: base seed sent with requests (each request gets ``seed + i``) for reproducible runs.
+        seed: base seed for reproducible runs: each request's seed is derived from it, the prompt text
+            and the sample's index, so it does not depend on request order or on earlier requests.
         extra_body: more request fields for a given server (vLLM's ``top_k``, ``transformers
             serve``'s ``generation_config``).
 
@@ -110,7 +118,6 @@ class CompletionsSampler:
         self.backoff = backoff
         self.seed = seed
         self.extra_body = dict(extra_body or {})
-        self._requests = 0
 
     def __repr__(self) -> str:
         return f"CompletionsSampler({self.url!r}, model={self.model!r})"
@@ -128,11 +135,10 @@ class CompletionsSampler:
                     results[i] = future.result()
                 if any(len(r) < n for r in results):
                     self.use_n = False  # the server ignores n: ask one sample per request from now on
-            missing = [(i, n - len(r)) for i, r in enumerate(results) if len(r) < n]
             jobs = [
-                (i, pool.submit(self._request, prefixes[i], 1, max_tokens))
-                for i, k in missing
-                for _ in range(k)
+                (i, pool.submit(self._request, prefixes[i], 1, max_tokens, j))
+                for i, r in enumerate(results)
+                for j in range(len(r), n)
             ]
             for i, future in jobs:
                 results[i].extend(future.result())
@@ -141,7 +147,7 @@ class CompletionsSampler:
                 raise RemoteSamplerError(f"Prefix {i} got {len(r)} samples instead of {n} from {self.url}.")
         return results
 
-    def _payload(self, prompt: str, n: int, max_tokens: int) -> dict[str, Any]:
+    def _payload(self, prompt: str, n: int, max_tokens: int, index: int = 0) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             "prompt": prompt,
@@ -154,13 +160,12 @@ class CompletionsSampler:
         if self.stop:
             body["stop"] = self.stop
         if self.seed is not None:
-            self._requests += 1
-            body["seed"] = self.seed + self._requests
+            body["seed"] = _request_seed(self.seed, prompt, index)
         body.update(self.extra_body)
         return body
 
-    def _request(self, prompt: str, n: int, max_tokens: int) -> list[Chunk]:
-        body = json.dumps(self._payload(prompt, n, max_tokens)).encode()
+    def _request(self, prompt: str, n: int, max_tokens: int, index: int = 0) -> list[Chunk]:
+        body = json.dumps(self._payload(prompt, n, max_tokens, index)).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
