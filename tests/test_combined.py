@@ -100,5 +100,25 @@ def test_bad_ensembles(pairs, tokenizer):
         w2s.GuidanceEnsemble([a])
     with pytest.raises(ValueError, match="distinct names"):
         w2s.GuidanceEnsemble([(a, 1.0), (a, 2.0)], names=["x", "x"])
-    with pytest.raises(ValueError, match="condition must be a non-empty text"):
+    with pytest.raises(ValueError, match="condition must be a non-empty text or a function"):
         w2s.PromptPair(a.sides[0].model, tokenizer, "  ")
+
+
+def test_explanation_pair_conditions_each_prompt_on_its_explanation(family, tokenizer):
+    model = make_model(family, len(tokenizer), 5)
+    strong = make_model(family, len(tokenizer), 9, width=48)
+    notes = w2s.explain(strong, tokenizer, PROMPTS, instruction="Explain: {prompt} ->", max_new_tokens=4)
+    assert len(notes) == 2 and all(isinstance(n, str) for n in notes)
+    notes = ["Review: 5 stars.", "Summary: a moving drama."]  # readable explanations for the oracle
+    pair = w2s.explanation_pair(model, tokenizer, PROMPTS, notes)
+    for prompt, note, response in zip(PROMPTS, notes, RESPONSES):
+        torch.testing.assert_close(
+            pair.score([prompt], [response]),
+            w2s.PromptPair(model, tokenizer, note).score([prompt], [response]),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+    with pytest.raises(KeyError, match="No explanation for the prompt"):
+        pair.score(["another prompt"], [" x"])
+    with pytest.raises(ValueError, match="must contain"):
+        w2s.explain(strong, tokenizer, PROMPTS, instruction="no slot")

@@ -7,6 +7,7 @@ all usable through ``model.generate``.
 
 from . import scoring
 from .combined import GuidanceEnsemble, PromptPair
+from .explain import explain, explanation_pair
 from .generate import TokenGuidance, W2SGenerationMixin, disable, enable
 from .pairs import WeakPair
 from .processor import WeakToStrongLogitsProcessor
@@ -37,5 +38,7 @@ __all__ = [
     "WeakToStrongLogitsProcessor",
     "disable",
     "enable",
+    "explain",
+    "explanation_pair",
     "scoring",
 ]

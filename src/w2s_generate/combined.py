@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .pairs import WeakPair, _check_causal_lm
+from .pairs import Prompt, WeakPair, _check_causal_lm
 from .scoring import Side
 
 
@@ -20,16 +20,24 @@ class PromptPair(WeakPair):
     Args:
         model: a small causal LM.
         tokenizer: its tokenizer.
-        condition: the conditioning text (a system prompt, a principle, a persona, an explanation).
+        condition: the conditioning text (a system prompt, a principle, a persona), or a function
+            returning one per prompt (see :func:`w2s_generate.explanation_pair`).
 
     Example:
         >>> pair = PromptPair(small_model, tokenizer, condition="Answer kindly.")   # doctest: +SKIP
         >>> pair.score(["How do I fix this?"], [" Happy to help!"])                 # doctest: +SKIP
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, condition: str) -> None:
-        if not isinstance(condition, str) or not condition.strip():
-            raise ValueError(f"condition must be a non-empty text; got {condition!r}.")
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        condition: str | Callable[[Prompt], str],
+    ) -> None:
+        if not callable(condition) and (not isinstance(condition, str) or not condition.strip()):
+            raise ValueError(
+                f"condition must be a non-empty text or a function of the prompt; got {condition!r}."
+            )
         _check_causal_lm(model, "model")
         model.eval()
         self.condition = condition

@@ -272,7 +272,9 @@ class WeakPair:
         """
         plain = [self.encode_prompt(p) for p in prompts]
         per_side = [
-            plain if side.condition is None else [self.encode_prompt(p, side.condition) for p in prompts]
+            plain
+            if side.condition is None
+            else [self.encode_prompt(p, side.condition_for(p)) for p in prompts]
             for side in self.sides
         ]
         return GuidanceState.prefill(self.sides, self.coefficients, per_side, self.pad_token_id)

@@ -14,7 +14,7 @@ encoded twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -38,12 +38,19 @@ class Side:
         adapter_name: for a peft model, the adapter this side uses (``"__base__"`` for the base
             weights); ``None`` for a plain model.
         condition: a text this side reads before every prompt (a system prompt, a principle, a
-            persona): the tuned side of a prompt-conditioned pair; ``None`` for none.
+            persona), or a function giving one per prompt (an explanation written for it): the
+            tuned side of a prompt-conditioned pair; ``None`` for none.
     """
 
     model: torch.nn.Module
     adapter_name: str | None = None
-    condition: str | None = None
+    condition: str | Callable[[object], str] | None = None
+
+    def condition_for(self, prompt: object) -> str | None:
+        """This side's conditioning text for ``prompt`` (a fixed text, or one chosen per prompt)."""
+        if self.condition is None or isinstance(self.condition, str):
+            return self.condition
+        return self.condition(prompt)
 
 
 @dataclass

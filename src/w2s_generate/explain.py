@@ -1,0 +1,116 @@
+"""Explanation-facilitated guidance: the large model explains, the small model judges with it.
+
+After "Explanation, Debate, Align" (arXiv 2409.07335): a strong model's explanation can make a weak
+model a better judge. Here the large model first writes a short explanation of what a good answer to
+each prompt needs; the search is then guided by a prompt-conditioned pair whose tuned side is the
+small model reading that explanation, and whose untuned side is the same model without it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .combined import PromptPair
+from .pairs import Prompt
+
+DEFAULT_INSTRUCTION = (
+    "Before anyone answers the request below, explain in two or three sentences what a good answer "
+    "to it needs.\n\nRequest: {prompt}\n\nWhat a good answer needs:"
+)
+
+
+def _key(prompt: Prompt, tokenizer: PreTrainedTokenizerBase) -> str:
+    """One key per prompt, however the search hands it over (text, chat messages or token ids)."""
+    if isinstance(prompt, torch.Tensor):
+        prompt = prompt.tolist()
+    if isinstance(prompt, str):
+        return prompt.strip()
+    items = list(prompt)
+    if items and all(isinstance(t, int) for t in items):
+        return tokenizer.decode(items, skip_special_tokens=True).strip()
+    return json.dumps(items, sort_keys=True, default=str)
+
+
+def _as_text(prompt: Prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(str(m.get("content", "")) if isinstance(m, dict) else str(m) for m in prompt)
+
+
+@torch.no_grad()
+def explain(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    instruction: str = DEFAULT_INSTRUCTION,
+    max_new_tokens: int = 96,
+    **generate_kwargs,
+) -> list[str]:
+    """The large model's explanation of what a good answer to each prompt needs.
+
+    ``instruction`` is formatted with ``{prompt}`` and sent through the tokenizer's chat template
+    when it has one. Decoding is greedy unless ``generate_kwargs`` say otherwise.
+
+    Example:
+        >>> explain(model, tokenizer, ["Write a haiku about rain."])   # doctest: +SKIP
+        ['A haiku has three lines of 5, 7 and 5 syllables; ...']
+    """
+    if "{prompt}" not in instruction:
+        raise ValueError("instruction must contain '{prompt}', where each prompt goes.")
+    texts = [instruction.format(prompt=_as_text(p)) for p in prompts]
+    if getattr(tokenizer, "chat_template", None):
+        texts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False
+            )
+            for t in texts
+        ]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    else:
+        encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    encoded = {k: v.to(model.device) for k, v in encoded.items()}
+    settings = {"do_sample": False, "max_new_tokens": max_new_tokens, **generate_kwargs}
+    if tokenizer.pad_token_id is not None:
+        settings.setdefault("pad_token_id", tokenizer.pad_token_id)
+    out = model.generate(**encoded, **settings)
+    width = encoded["input_ids"].shape[1]
+    return [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+
+
+def explanation_pair(
+    small_model,
+    small_tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    explanations: Sequence[str],
+) -> PromptPair:
+    """A prompt-conditioned pair whose tuned side reads each prompt's explanation first.
+
+    Args:
+        small_model: the small judge model.
+        small_tokenizer: its tokenizer.
+        prompts: the prompts the pair will score (as given to the search as ``weak_prompts``, or the
+            large model's prompt text).
+        explanations: one explanation per prompt, e.g. from :func:`explain`.
+
+    Example:
+        >>> notes = explain(model, tok, prompts)                                   # doctest: +SKIP
+        >>> pair = explanation_pair(small, small_tok, prompts, notes)               # doctest: +SKIP
+        >>> model.generate(**inputs, custom_generate=ChunkBeamSearch(pair), do_sample=True)  # doctest: +SKIP
+    """
+    if len(prompts) != len(explanations):
+        raise ValueError(f"{len(prompts)} prompts but {len(explanations)} explanations: give one per prompt.")
+    table = {_key(p, small_tokenizer): e for p, e in zip(prompts, explanations)}
+
+    def condition(prompt: Prompt) -> str:
+        try:
+            return table[_key(prompt, small_tokenizer)]
+        except KeyError:
+            raise KeyError(
+                f"No explanation for the prompt {prompt!r}: build the pair with the prompts the search scores."
+            ) from None
+
+    return PromptPair(small_model, small_tokenizer, condition)
