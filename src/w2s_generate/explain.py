@@ -43,7 +43,7 @@ def _as_text(prompt: Prompt) -> str:
 
 @torch.no_grad()
 def explain(
-    model,
+    model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Prompt],
     instruction: str = DEFAULT_INSTRUCTION,
@@ -82,7 +82,7 @@ def explain(
 
 
 def explanation_pair(
-    small_model,
+    small_model: torch.nn.Module,
     small_tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Prompt],
     explanations: Sequence[str],
