@@ -21,28 +21,12 @@ import argparse
 import sys
 import time
 
-import torch
-
 import w2s_generate as w2s
 from w2s_generate.demo import fluency, gold_reward, load_demo_models
 from w2s_generate.demo import prompts as demo_prompts
+from w2s_generate.demo.compare import generate_texts
 
 GOAL = "rating : positive ."
-
-
-def run(model, tokenizer, openings, strategy, seed, batch_size=8, **sampling):
-    torch.manual_seed(seed)
-    texts = []
-    for start in range(0, len(openings), batch_size):
-        batch = openings[start : start + batch_size]
-        enc = tokenizer(batch, return_tensors="pt", padding=True)
-        kwargs = dict(sampling)
-        if strategy is not None:
-            kwargs["custom_generate"] = strategy
-        out = model.generate(**enc, **kwargs)
-        continuations = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        texts += [f"{p} {c}".strip() for p, c in zip(batch, continuations)]
-    return texts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, pair in judges.items():
             strategy = None if pair is None else w2s.ChunkBeamSearch(pair, 4, 4, 5)
             started = time.perf_counter()
-            texts = run(strong, tok, openings, strategy, seed, **sampling)
+            texts = generate_texts(strong, tok, openings, strategy, seed, **sampling)
             seconds = time.perf_counter() - started + (explain_seconds if "explanation" in name else 0.0)
             reward = sum(map(gold_reward, texts)) / len(texts)
             fl = sum(map(fluency, texts)) / len(texts)

@@ -64,9 +64,25 @@ class _TokenCounter:
         self._handle.remove()
 
 
-def _texts(tokenizer, openings: list[str], sequences: torch.Tensor, width: int) -> list[str]:
-    continuations = tokenizer.batch_decode(sequences[:, width:], skip_special_tokens=True)
-    return [f"{p} {c}".strip() for p, c in zip(openings, continuations)]
+def generate_texts(
+    model, tokenizer, openings: list[str], strategy, seed: int, batch_size: int = 8, **sampling
+) -> list[str]:
+    """``prompt + " " + continuation`` for every opening, from ``model.generate`` with ``strategy``.
+
+    The seed is set once, so every method sees the same random stream from the same start.
+    """
+    torch.manual_seed(seed)
+    texts: list[str] = []
+    for start in range(0, len(openings), batch_size):
+        batch = openings[start : start + batch_size]
+        enc = tokenizer(batch, return_tensors="pt", padding=True)
+        kwargs = dict(sampling)
+        if strategy is not None:
+            kwargs["custom_generate"] = strategy
+        out = model.generate(**enc, **kwargs)
+        continuations = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        texts += [f"{p} {c}".strip() for p, c in zip(batch, continuations)]
+    return texts
 
 
 def run_comparison(
@@ -122,17 +138,8 @@ def run_comparison(
     results = []
     for name, family, budget, model, strategy in tqdm(plans, desc="methods", disable=not progress):
         counter = _TokenCounter(strong)
-        torch.manual_seed(seed)
-        texts: list[str] = []
         started = time.perf_counter()
-        for start in range(0, len(openings), batch_size):
-            batch = openings[start : start + batch_size]
-            enc = tokenizer(batch, return_tensors="pt", padding=True)
-            kwargs = dict(sampling)
-            if strategy is not None:
-                kwargs["custom_generate"] = strategy
-            out = model.generate(**enc, **kwargs)
-            texts += _texts(tokenizer, batch, out, enc["input_ids"].shape[1])
+        texts = generate_texts(model, tokenizer, openings, strategy, seed, batch_size, **sampling)
         seconds = time.perf_counter() - started
         counter.close()
         results.append(
