@@ -313,3 +313,55 @@ def test_checks_that_need_no_model(tmp_path, capsys):
     assert "cannot read --prompts" in capsys.readouterr().err
     assert cli.main(base + ["--prompt", "x", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_several_adapters_make_one_ensemble(models, tmp_path):
+    import w2s_generate as w2s
+
+    second = tmp_path / "adapter2"
+    base = AutoModelForCausalLM.from_pretrained(models["untuned"])
+    torch.manual_seed(4)
+    config = LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(second)
+    ensemble = w2s.GuidanceEnsemble.from_adapters([models["adapter"], second], [1.0, 0.5])
+    assert len({id(s.model) for s in ensemble.sides}) == 1 and len(ensemble.sides) == 3
+    one = w2s.WeakPair.from_pretrained(models["adapter"])
+    two = w2s.WeakPair.from_pretrained(second)
+    prompts, responses = ["the film was"], [" wonderful"]
+    torch.testing.assert_close(
+        ensemble.score(prompts, responses),
+        one.score(prompts, responses) + 0.5 * two.score(prompts, responses),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    out = tmp_path / "results.jsonl"
+    args = [
+        "generate",
+        "--model",
+        str(models["strong"]),
+        "--adapter",
+        str(models["adapter"]),
+        "--adapter",
+        str(second),
+        "--weights",
+        "1",
+        "0.5",
+        "--method",
+        "bon",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--prompt",
+        "the film was",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert cli.main(args) == 0
+    result = read_results(out)[0]
+    assert result["settings"]["adapter"] == [str(models["adapter"]), str(second)]
+    assert result["settings"]["weights"] == [1.0, 0.5]
+    assert isinstance(result["log_ratio"], float)
+    with pytest.raises(SystemExit):
+        cli.main(args[:-1] + ["--weights", "1"] + ["--no-progress"])

@@ -143,7 +143,14 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--tuned", metavar="T", help="the tuned weak checkpoint (with --untuned)")
     models.add_argument("--untuned", metavar="U", help="the untuned weak checkpoint (with --tuned)")
     models.add_argument(
-        "--adapter", metavar="DIR", help="a LoRA adapter: the pair is its base with and without it"
+        "--adapter",
+        metavar="DIR",
+        action="append",
+        help="a LoRA adapter: the pair is its base with and without it; repeat it for an ensemble of adapters "
+        "on one base (one forward for all of them), weighted by --weights",
+    )
+    models.add_argument(
+        "--weights", type=float, nargs="+", metavar="W", help="one weight per --adapter (default 1 each)"
     )
     models.add_argument("--tokenizer", metavar="PATH", help="the large model's tokenizer (default: --model)")
     models.add_argument(
@@ -252,6 +259,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_generate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse option combinations that do not make sense (argparse exits with code 2)."""
+    if args.weights is not None and (args.adapter is None or len(args.weights) != len(args.adapter)):
+        parser.error(
+            f"--weights takes one weight per --adapter: got {len(args.weights)} weights for "
+            f"{len(args.adapter or [])} adapters."
+        )
     if args.adapter is not None:
         others = [flag for flag, value in (("--tuned", args.tuned), ("--untuned", args.untuned)) if value]
         if others:
@@ -504,9 +516,15 @@ def load_pair(args: argparse.Namespace):
         "trust_remote_code": args.trust_remote_code,
     }
     if args.adapter is not None:
-        what = f"--adapter {args.adapter}"
-        _check_weights_format(args.adapter, args.allow_pickle, "--adapter")
-        load = lambda: WeakPair.from_pretrained(args.adapter, **kwargs)  # noqa: E731
+        what = "--adapter " + " --adapter ".join(args.adapter)
+        for adapter in args.adapter:
+            _check_weights_format(adapter, args.allow_pickle, "--adapter")
+        if len(args.adapter) == 1 and args.weights is None:
+            load = lambda: WeakPair.from_pretrained(args.adapter[0], **kwargs)  # noqa: E731
+        else:
+            from .combined import GuidanceEnsemble
+
+            load = lambda: GuidanceEnsemble.from_adapters(args.adapter, args.weights, **kwargs)  # noqa: E731
     else:
         what = f"--tuned {args.tuned} --untuned {args.untuned}"
         _check_weights_format(args.tuned, args.allow_pickle, "--tuned")
@@ -651,7 +669,11 @@ def _prepare(
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """What produced a result (the per-prompt seed is added per record)."""
-    weak = {"adapter": args.adapter} if args.adapter else {"tuned": args.tuned, "untuned": args.untuned}
+    if args.adapter:
+        adapter = args.adapter[0] if len(args.adapter) == 1 else args.adapter
+        weak = {"adapter": adapter, **({"weights": args.weights} if args.weights else {})}
+    else:
+        weak = {"tuned": args.tuned, "untuned": args.untuned}
     tokenizers = {"tokenizer": args.tokenizer, "weak_tokenizer": args.weak_tokenizer}
     remote = {"endpoint": args.endpoint, "extra_body": args.extra_body} if args.endpoint else {}
     return {

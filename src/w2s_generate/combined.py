@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .pairs import Prompt, WeakPair, _check_causal_lm
+from .pairs import Prompt, WeakPair, _check_causal_lm, _load_kwargs, load_adapters
 from .scoring import Side
 
 
@@ -95,3 +97,38 @@ class GuidanceEnsemble(WeakPair):
         total = [sum(c[i] for c in components.values()) for i in range(len(sides))]
         self.members = list(members)
         self._init(first, sides, total, components)
+
+    @classmethod
+    def from_adapters(
+        cls,
+        adapters: Sequence[str | os.PathLike],
+        weights: Sequence[float] | None = None,
+        names: Sequence[str] | None = None,
+        *,
+        tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict | None = None,
+        allow_pickle: bool = False,
+        trust_remote_code: bool = False,
+    ) -> GuidanceEnsemble:
+        """Several LoRA adapters on one base, loaded once: an ensemble scored in one forward.
+
+        Example:
+            >>> both = GuidanceEnsemble.from_adapters(["helpful-lora", "harmless-lora"], [1.0, 0.5])  # doctest: +SKIP
+        """
+        weights = [1.0] * len(adapters) if weights is None else list(weights)
+        if len(weights) != len(adapters) or not adapters:
+            raise ValueError(
+                f"Give one weight per adapter: {len(adapters)} adapters, {len(weights)} weights."
+            )
+        names = (
+            [Path(str(a)).name or f"pair{i}" for i, a in enumerate(adapters)]
+            if names is None
+            else list(names)
+        )
+        if len(set(names)) != len(names):
+            names = [f"pair{i}" for i in range(len(adapters))]
+        load = _load_kwargs({}, dtype, device_map, allow_pickle, trust_remote_code)
+        peft_model, tok = load_adapters(adapters, names, tokenizer, load, allow_pickle)
+        pairs = [WeakPair.from_peft(peft_model, tok, name) for name in names]
+        return cls(list(zip(pairs, weights)), names=names)

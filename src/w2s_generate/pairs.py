@@ -179,12 +179,7 @@ class WeakPair:
             >>> pair = WeakPair.from_pretrained("lvwerra/gpt2-imdb", "gpt2")   # doctest: +SKIP
             >>> pair = WeakPair.from_pretrained("path/to/my-lora-adapter")     # doctest: +SKIP
         """
-        load = dict(model_kwargs)
-        load.update(use_safetensors=not allow_pickle or None, trust_remote_code=trust_remote_code)
-        if dtype is not None:
-            load["dtype"] = dtype
-        if device_map is not None:
-            load["device_map"] = device_map
+        load = _load_kwargs(model_kwargs, dtype, device_map, allow_pickle, trust_remote_code)
         adapter_dir = _adapter_dir(tuned, allow_pickle)
         if adapter_dir is not None:
             if untuned is not None:
@@ -192,12 +187,7 @@ class WeakPair:
                     f"tuned={str(tuned)!r} is a LoRA adapter, whose untuned side is its own base model; "
                     "leave untuned=None (or merge the adapter and pass two full checkpoints)."
                 )
-            from peft import PeftConfig, PeftModel
-
-            base_id = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
-            base = AutoModelForCausalLM.from_pretrained(base_id, **load)
-            peft_model = PeftModel.from_pretrained(base, adapter_dir, adapter_name="default")
-            tok = _load_tokenizer(tokenizer, [adapter_dir, base_id], trust_remote_code)
+            peft_model, tok = load_adapters([adapter_dir], ["default"], tokenizer, load, allow_pickle)
             return cls.from_peft(peft_model, tok, "default")
         if untuned is None:
             raise ValueError(
@@ -302,6 +292,47 @@ class WeakPair:
             for s in self.sides
         )
         return f"{type(self).__name__}({kinds})"
+
+
+def _load_kwargs(
+    model_kwargs, dtype, device_map, allow_pickle: bool, trust_remote_code: bool
+) -> dict[str, Any]:
+    load = dict(model_kwargs)
+    load.update(use_safetensors=not allow_pickle or None, trust_remote_code=trust_remote_code)
+    if dtype is not None:
+        load["dtype"] = dtype
+    if device_map is not None:
+        load["device_map"] = device_map
+    return load
+
+
+def load_adapters(
+    adapters: Sequence[str | os.PathLike],
+    names: Sequence[str],
+    tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None,
+    load: dict[str, Any],
+    allow_pickle: bool,
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """One base model with every adapter loaded under ``names`` (they must share that base)."""
+    from peft import PeftConfig, PeftModel
+
+    folders = []
+    for adapter in adapters:
+        folder = _adapter_dir(adapter, allow_pickle)
+        if folder is None:
+            raise ValueError(f"{str(adapter)!r} is not a peft adapter (no {ADAPTER_CONFIG}).")
+        folders.append(folder)
+    bases = [PeftConfig.from_pretrained(f).base_model_name_or_path for f in folders]
+    if len(set(bases)) > 1:
+        raise ValueError(
+            f"The adapters have different base models ({sorted(set(bases))}): adapters sharing one forward need one base."
+        )
+    base = AutoModelForCausalLM.from_pretrained(bases[0], **load)
+    peft_model = PeftModel.from_pretrained(base, folders[0], adapter_name=names[0])
+    for folder, name in zip(folders[1:], names[1:]):
+        peft_model.load_adapter(folder, adapter_name=name)
+    tok = _load_tokenizer(tokenizer, [folders[0], bases[0]], load.get("trust_remote_code", False))
+    return peft_model, tok
 
 
 def _check_peft_adapter(peft_model: torch.nn.Module, adapter_name: str) -> None:
