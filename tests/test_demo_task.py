@@ -32,6 +32,9 @@ from w2s_generate.demo.cache import publish, staging_dir
 from w2s_generate.demo.language import INTENSIFIERS, NEGATIVE_WORDS, POSITIVE_WORDS
 
 SCALE = 0.03  # ~20 strong steps: enough to exercise every code path in a few seconds
+# One thread: these tiny matmuls gain little from two, and a single thread degrades gracefully when
+# other jobs share the cores (an oversubscribed 2-thread run was measured ~4x slower per step).
+THREADS = 1
 
 
 def _sentences(n_reviews: int, seed: int) -> list[str]:
@@ -250,7 +253,9 @@ def test_publish_replaces_an_old_cache(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> train_module.TrainedDemo:
-    return train_demo_models(tmp_path_factory.mktemp("cache"), progress=False, scale=SCALE)
+    return train_demo_models(
+        tmp_path_factory.mktemp("cache"), progress=False, scale=SCALE, num_threads=THREADS
+    )
 
 
 def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -360,10 +365,20 @@ def test_stale_or_forced_cache_is_retrained(
 
 def test_training_is_deterministic(trained: train_module.TrainedDemo, tmp_path: Path) -> None:
     a = trained
-    b = train_demo_models(tmp_path, progress=False, scale=SCALE)
+    b = train_demo_models(tmp_path, progress=False, scale=SCALE, num_threads=THREADS)
     for sub in ("strong/model.safetensors", "weak/model.safetensors"):
         ta, tb = load_file(a.cache_dir / sub), load_file(b.cache_dir / sub)
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
     la = load_file(a.cache_dir / "weak-positive-lora/adapter_model.safetensors")
     lb = load_file(b.cache_dir / "weak-positive-lora/adapter_model.safetensors")
     assert all(torch.equal(la[k], lb[k]) for k in la)
+
+
+def test_thread_override_is_restored() -> None:
+    before = torch.get_num_threads()
+    with train_module._torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), train_module._torch_threads(1):
+        raise RuntimeError
+    assert torch.get_num_threads() == before

@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--scale", type=float, default=None, help="train with this step scale (implies --force)"
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads while training (--scale only)"
+    )
     parser.add_argument("-n", type=int, default=50, help="samples per model in the check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -28,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     progress = not args.no_progress
     started = time.perf_counter()
     if args.scale is not None:
-        train_demo_models(args.cache_dir, progress=progress, scale=args.scale)
+        train_demo_models(args.cache_dir, progress=progress, scale=args.scale, num_threads=args.threads)
     models = load_demo_models(args.cache_dir, force=args.force and args.scale is None, progress=progress)
     print(f"models ready in {time.perf_counter() - started:.1f}s at {models.cache_dir}")
     manifest = json.loads((models.cache_dir / "manifest.json").read_text())

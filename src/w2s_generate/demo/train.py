@@ -8,7 +8,7 @@ The recipe mirrors the paper's controlled-sentiment setup in miniature:
 * ``weak-positive-lora``: a LoRA adapter on ``weak`` fine-tuned on positive reviews only, so that
   weak + adapter is the *tuned* model and ``log p_tuned - log p_untuned`` rewards positivity.
 
-Everything trains in about two minutes on two CPU cores and is cached as safetensors.
+Everything trains in about 75 seconds on two idle CPU cores and is cached as safetensors.
 """
 
 from __future__ import annotations
@@ -321,28 +321,53 @@ def _steps(phase: str, scale: float) -> int:
     return max(1, round(RECIPE[phase]["steps"] * scale))
 
 
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Temporarily use ``num_threads`` intra-op threads (None: leave torch's setting alone)."""
+    if num_threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train_demo_models(
-    cache_dir: str | os.PathLike[str] | None = None, progress: bool = True, scale: float = 1.0
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    scale: float = 1.0,
+    num_threads: int | None = None,
 ) -> TrainedDemo:
     """Train the strong model, the weak model and the positive LoRA, and publish them to the cache.
 
     Everything is written to a hidden staging folder next to ``<cache root>/demo-v1`` and renamed
     into place at the end, so an interrupted run leaves no half-written cache behind; an existing
-    ``demo-v1`` is replaced.
+    ``demo-v1`` is replaced. Training is deterministic for a given torch build and thread count.
 
     Args:
         cache_dir: Cache root (the models go to ``<cache_dir>/demo-v1``); None means
             ``$W2S_GENERATE_CACHE`` or ``~/.cache/w2s_generate``.
         progress: Show tqdm progress bars.
         scale: Multiplies every phase's number of steps; ``scale < 1`` gives quick, weaker models
-            (the tests use it), ``1.0`` the documented recipe (about two minutes on two cores).
+            (the tests use it), ``1.0`` the documented recipe (about 75 s on two idle CPU cores).
+        num_threads: torch intra-op threads during training, restored afterwards; None keeps the
+            current setting. On a machine whose cores are busy with other work, ``1`` can be
+            several times faster than an oversubscribed multi-threaded run.
 
     Returns:
         The trained models (still in memory) and the published folder and manifest.
     """
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
-    final = demo_dir(cache_dir)
+    with _torch_threads(num_threads):
+        return _train_and_publish(demo_dir(cache_dir), progress, scale)
+
+
+def _train_and_publish(final: Path, progress: bool, scale: float) -> TrainedDemo:
+    """The body of :func:`train_demo_models` (arguments already validated)."""
     tokenizer = build_tokenizer(VOCABULARY)
     eval_texts = _review_sampler(SENTIMENTS, _EVAL_SEED, 0.3)(_EVAL_REVIEWS)
     eval_positive = _review_sampler(("positive",), _EVAL_SEED, 0.3)(_EVAL_REVIEWS)
