@@ -39,6 +39,10 @@ How to run
     python benchmarks/bench_token_guidance.py --family llama
     python benchmarks/bench_token_guidance.py --batch 8 --new-tokens 128 --repeats 5
     python benchmarks/bench_token_guidance.py --device cuda --dtype bfloat16
+    python benchmarks/bench_token_guidance.py --device cuda --dtype bfloat16 --family gpt2-large
+
+The ``-large`` families (strong ~0.45B, weak ~40M parameters) are for a GPU, where the default
+sizes are so small that kernel-launch overhead, not arithmetic, sets every time.
 
 The default run takes well under two minutes on two CPU cores.
 """
@@ -83,6 +87,15 @@ SIZES = {
     "llama": {
         "strong": {"hidden": 512, "layers": 8, "heads": 8, "kv_heads": 4, "mlp": 1408},
         "weak": {"hidden": 160, "layers": 4, "heads": 4, "kv_heads": 2, "mlp": 432},
+    },
+    # GPU scale (strong ~0.4-0.5B, weak ~40M): the small sizes only measure kernel-launch overhead there.
+    "gpt2-large": {
+        "strong": {"n_embd": 1280, "n_layer": 24, "n_head": 20},
+        "weak": {"n_embd": 512, "n_layer": 12, "n_head": 8},
+    },
+    "llama-large": {
+        "strong": {"hidden": 1280, "layers": 24, "heads": 20, "kv_heads": 4, "mlp": 3456},
+        "weak": {"hidden": 512, "layers": 12, "heads": 8, "kv_heads": 2, "mlp": 1376},
     },
 }
 LORA_TARGETS = {"gpt2": ["c_attn", "c_proj"], "llama": ["q_proj", "v_proj"]}
@@ -147,7 +160,7 @@ def make_model(family: str, role: str, vocab: int, ids: dict[str, int], seed: in
     """A randomly initialised causal LM of the family and role ("strong" or "weak"), in eval mode."""
     torch.manual_seed(seed)
     size = SIZES[family][role]
-    if family == "gpt2":
+    if family.startswith("gpt2"):
         config = GPT2Config(
             vocab_size=vocab,
             n_positions=MAX_POSITIONS,
@@ -237,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     lora_config = LoraConfig(
         r=8,
         lora_alpha=16,
-        target_modules=LORA_TARGETS[family],
+        target_modules=LORA_TARGETS[family.split("-")[0]],
         init_lora_weights=False,  # random A and B: the adapter changes the outputs, as a tuned one would
         fan_in_fan_out=family == "gpt2",  # GPT-2's Conv1D stores weights transposed
     )
@@ -289,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"strong: {n_strong:>12,} parameters  {describe(family, 'strong')}")
     print(f"weak:   {n_weak:>12,} parameters  {describe(family, 'weak')}  (each of the two checkpoints)")
     print(
-        f"LoRA:   {n_lora:>12,} adapter parameters on one weak base (r=8, {', '.join(LORA_TARGETS[family])})"
+        f"LoRA:   {n_lora:>12,} adapter parameters on one weak base (r=8, {', '.join(LORA_TARGETS[family.split('-')[0]])})"
     )
     print(f"strong/weak parameter ratio: {n_strong / n_weak:.2f}x")
     print(f"batch {args.batch}, {n} new tokens per row, {args.repeats} timed runs per variant + 1 warm-up")
@@ -354,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def describe(family: str, role: str) -> str:
     size = SIZES[family][role]
-    if family == "gpt2":
+    if family.startswith("gpt2"):
         return f"(GPT-2, {size['n_layer']} layers, n_embd {size['n_embd']}, {size['n_head']} heads)"
     return (
         f"(Llama, {size['layers']} layers, hidden {size['hidden']}, {size['heads']} heads / "

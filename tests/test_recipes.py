@@ -32,10 +32,18 @@ WEAK_TEMPLATE = (
 SENTIMENT_METHODS = ["sample", "bon", "cbs", "token"]
 
 
+# The oracles recompute every score on the CPU in float32; where a GPU is present the scripts would
+# otherwise load their models there in bfloat16 (their default), so each run is pinned to the CPU.
+ON_CPU = ["--device-map", "cpu", "--dtype", "float32"]
+
+
 def load_script(name: str):
+    """The example script as a module whose ``main(argv)`` runs on the CPU in float32."""
     spec = importlib.util.spec_from_file_location(f"recipe_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    script_main = module.main
+    module.main = lambda argv: script_main([*argv, *ON_CPU])
     return module
 
 
