@@ -38,13 +38,13 @@ Cost model
 ----------
 Per prompt, with ``R = ceil(N / L)`` rounds:
 
-* large model: ``B*W*K`` rows per token in both (a) and (b). (a) prefills the ``B`` prompts once
-  and re-feeds the last token of the ``B*W`` survivors once per round (``R - 1`` extra forwards of
-  ``B*W`` rows); (b) prefills ``B*W*K`` copies of the prompts.
+* large model: ``B*W*K`` rows per token in both (a) and (b) (``N - 1`` forwards after the prefill:
+  (a) feeds a chunk's last token for all rows before it knows the survivors, so no round adds a
+  forward). (a) prefills the ``B`` prompts once; (b) prefills ``B*W*K`` copies of them.
 * weak pair: 2 sides x ``B*W*K`` rows x ``L`` tokens per round in (a), i.e. the same tokens (b)
   scores in one forward of 2 x ``B*W*K`` rows x ``N`` tokens, but in ``R`` forwards instead of one.
-* per round, (a) also re-indexes both KV caches once (strong: survivors, then each repeated ``K``
-  times; pair: one gather of the 2 x ``B*W*K`` rows) and moves the scores to the host to select the
+* per round, (a) also re-indexes both KV caches once (strong: one gather of the survivors, each
+  repeated ``K`` times; pair: one gather of the 2 x ``B*W*K`` rows) and moves the scores to the host to select the
   survivors (one sync per round).
 
 So by parameter counts (a) and (b) cost about the same (the prediction is printed); what the measured
@@ -53,8 +53,9 @@ ratio adds is the per-round work: cache copies, host syncs, the Python selection
 
 Every model is built from a config with random weights (nothing is downloaded); the tokenizer is a
 byte-level BPE of a few thousand tokens trained in-script on a synthetic text. Runs are interleaved
-(CBS, reference, CBS, ... over every length) after one warm-up of each, and medians over
-``--repeats`` (headline length) or ``--length-repeats`` (the other lengths) are reported. A markdown table and the exact command line are printed at the end.
+(CBS, reference, CBS, ... over every length) after a warm-up of each at the headline and at the
+longest length, and medians over ``--repeats`` (headline length) or ``--length-repeats`` (the other
+lengths) are reported. A markdown table and the exact command line are printed at the end.
 
 How to run
 ----------
@@ -66,11 +67,13 @@ How to run
     python benchmarks/bench_chunk_search.py --threads 1            # a busy 2-core machine: avoids
                                                                    # OpenMP oversubscription
     python benchmarks/bench_chunk_search.py --device cuda --dtype bfloat16
+    python benchmarks/bench_chunk_search.py --device cuda --dtype bfloat16 --family gpt2-large
     python benchmarks/bench_chunk_search.py --lengths none --no-memory   # the headline only (~30 s)
 
 The default run takes about two minutes on two otherwise idle CPU cores. On a CPU that other processes
 share, pass ``--threads 1``: two OpenMP threads on an oversubscribed CPU made single runs 5-20x slower
-here, which no median of three hides.
+here, which no median of three hides. The ``-large`` families (strong ~0.45B, weak ~40M parameters)
+are for a GPU, where the default sizes only measure kernel-launch overhead.
 """
 
 from __future__ import annotations
@@ -117,6 +120,15 @@ SIZES = {
     "llama": {
         "strong": {"hidden": 512, "layers": 8, "heads": 8, "kv_heads": 4, "mlp": 1408},
         "weak": {"hidden": 160, "layers": 4, "heads": 4, "kv_heads": 2, "mlp": 432},
+    },
+    # GPU scale (strong ~0.4-0.5B, weak ~40M): the small sizes only measure kernel-launch overhead there.
+    "gpt2-large": {
+        "strong": {"n_embd": 1280, "n_layer": 24, "n_head": 20},
+        "weak": {"n_embd": 512, "n_layer": 12, "n_head": 8},
+    },
+    "llama-large": {
+        "strong": {"hidden": 1280, "layers": 24, "heads": 20, "kv_heads": 4, "mlp": 3456},
+        "weak": {"hidden": 512, "layers": 12, "heads": 8, "kv_heads": 2, "mlp": 1376},
     },
 }
 
@@ -186,7 +198,7 @@ def make_model(family: str, role: str, vocab: int, ids: dict[str, int], seed: in
     """A randomly initialised causal LM of the family and role ("strong" or "weak"), in eval mode."""
     torch.manual_seed(seed)
     size = SIZES[family][role]
-    if family == "gpt2":
+    if family.startswith("gpt2"):
         config = GPT2Config(
             vocab_size=vocab,
             n_positions=MAX_POSITIONS,
@@ -229,7 +241,7 @@ def kv_bytes_per_token(model: PreTrainedModel) -> int:
 
 def describe(family: str, role: str) -> str:
     size = SIZES[family][role]
-    if family == "gpt2":
+    if family.startswith("gpt2"):
         return f"(GPT-2, {size['n_layer']} layers, n_embd {size['n_embd']}, {size['n_head']} heads)"
     return (
         f"(Llama, {size['layers']} layers, hidden {size['hidden']}, {size['heads']} heads / "
@@ -450,8 +462,8 @@ def cost_model(bench: Bench, n: int, n_strong: int, n_weak: int) -> dict[str, fl
     P = bench.prompt_width
     weak_p = sum(len(p) for p in bench.weak_prompts)
     rounds = math.ceil(n / L)
-    # (a): prefill B prompts; N-R steps of B*W*K rows inside the rounds; R-1 re-feeds of B*W survivors.
-    strong_a = B * P + (n - rounds) * B * W * K + (rounds - 1) * B * W
+    # (a): prefill B prompts; N-1 steps of B*W*K rows (a chunk's last token is fed for every row).
+    strong_a = B * P + (n - 1) * B * W * K
     weak_a = 2 * (weak_p + n * B * W * K)
     # (b): prefill B*W*K copies; N-1 steps of B*W*K rows; the pair reads prompt + response per row.
     strong_b = B * W * K * P + (n - 1) * B * W * K
@@ -549,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"batch {B}, W={W}, K={K}, L={L}, {n} new tokens per beam (headline), prompt width {bench.prompt_width}, "
         f"top_k 50; {args.repeats} timed runs per variant at {n} tokens, {args.length_repeats} at the other "
-        "lengths, after 1 warm-up"
+        "lengths, after 1 warm-up (at the headline and the longest length)"
     )
     model = cost_model(bench, n, n_strong, n_weak)
     print(
@@ -561,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     full = (bench.prompt_width + n) * B * W * K * per_row
     print(
         f"strong KV cache of the {B * W * K} rows at {bench.prompt_width + n} tokens: {full / 2**20:.1f} MiB "
-        f"(CBS copies it about twice per round to re-index it)"
+        f"(CBS copies it once per round to re-index it)"
     )
     print()
 
@@ -578,6 +590,13 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"checked: every CBS beam holds {n} new tokens after {rounds} rounds; (b) returns {rows_b} x {n}"
         )
+        longest = max(lengths)
+        if longest > n:
+            # A warm-up at the longest length too: whichever variant first reaches a new cache size pays
+            # the allocator's growth (on a GPU, new cudaMalloc segments), which is not the method's cost.
+            timed(lambda: bench.cbs(longest), device, args.seed)
+            timed(lambda: bench.reference(longest), device, args.seed)
+            print(f"warmed up at the longest length too ({longest} tokens)")
         print()
 
         cbs_t: dict[int, list[float]] = {m: [] for m in lengths}
