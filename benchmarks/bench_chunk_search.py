@@ -38,13 +38,14 @@ Cost model
 ----------
 Per prompt, with ``R = ceil(N / L)`` rounds:
 
-* large model: ``B*W*K`` rows per token in both (a) and (b) (``N - 1`` forwards after the prefill:
-  (a) feeds a chunk's last token for all rows before it knows the survivors, so no round adds a
-  forward). (a) prefills the ``B`` prompts once; (b) prefills ``B*W*K`` copies of them.
+* large model: ``B*W*K`` rows per token in both (a) and (b). (a) prefills the ``B`` prompts once
+  and re-feeds the last token of the ``B*W`` survivors once per round (``R - 1`` forwards of ``B*W``
+  rows in place of ``B*W*K``); (b) prefills ``B*W*K`` copies of the prompts. Both run ``N - 1``
+  forwards after the prefill.
 * weak pair: 2 sides x ``B*W*K`` rows x ``L`` tokens per round in (a), i.e. the same tokens (b)
   scores in one forward of 2 x ``B*W*K`` rows x ``N`` tokens, but in ``R`` forwards instead of one.
-* per round, (a) also re-indexes both KV caches once (strong: one gather of the survivors, each
-  repeated ``K`` times; pair: one gather of the 2 x ``B*W*K`` rows) and moves the scores to the host to select the
+* per round, (a) also re-indexes both KV caches (strong: survivors, then each repeated ``K``
+  times; pair: one gather of the 2 x ``B*W*K`` rows) and moves the scores to the host to select the
   survivors (one sync per round).
 
 So by parameter counts (a) and (b) cost about the same (the prediction is printed); what the measured
@@ -462,8 +463,8 @@ def cost_model(bench: Bench, n: int, n_strong: int, n_weak: int) -> dict[str, fl
     P = bench.prompt_width
     weak_p = sum(len(p) for p in bench.weak_prompts)
     rounds = math.ceil(n / L)
-    # (a): prefill B prompts; N-1 steps of B*W*K rows (a chunk's last token is fed for every row).
-    strong_a = B * P + (n - 1) * B * W * K
+    # (a): prefill B prompts; N-R steps of B*W*K rows inside the rounds; R-1 re-feeds of B*W survivors.
+    strong_a = B * P + (n - rounds) * B * W * K + (rounds - 1) * B * W
     weak_a = 2 * (weak_p + n * B * W * K)
     # (b): prefill B*W*K copies; N-1 steps of B*W*K rows; the pair reads prompt + response per row.
     strong_b = B * W * K * P + (n - 1) * B * W * K
@@ -573,7 +574,7 @@ def main(argv: list[str] | None = None) -> None:
     full = (bench.prompt_width + n) * B * W * K * per_row
     print(
         f"strong KV cache of the {B * W * K} rows at {bench.prompt_width + n} tokens: {full / 2**20:.1f} MiB "
-        f"(CBS copies it once per round to re-index it)"
+        f"(CBS copies it about twice per round to re-index it)"
     )
     print()
 

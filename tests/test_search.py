@@ -212,10 +212,12 @@ def test_finished_rows_cost_no_more_forwards(strong, pair, tokenizer):
         strong.generate(
             **inputs, custom_generate=w2s.ChunkBeamSearch(pair, 2, 2, 4), do_sample=True, max_new_tokens=12
         )
-        # Large-model work: one forward per new token but the last, each over B*W*K rows of one token
-        # (a round adds no forward of its own), after one prefill of the B prompts.
+        # Large-model work, after one prefill of the B prompts: one forward per new token but the last
+        # (12 tokens, 3 rounds of 4), over the B*W*K rows within a round and over the B*W survivors
+        # when a round's last token is fed.
         assert calls[0] == inputs["input_ids"].shape, "the prompt is prefilled once per prompt"
-        assert calls[1:] == [torch.Size([2 * 2 * 2, 1])] * 11
+        within, survivors = [torch.Size([2 * 2 * 2, 1])] * 3, [torch.Size([2 * 2, 1])]
+        assert calls[1:] == (within + survivors) * 2 + within
     finally:
         hook.remove()
 

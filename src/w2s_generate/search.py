@@ -471,7 +471,6 @@ class _Search:
             rows = seqs.shape[0]
             unfinished = torch.ones(rows, dtype=torch.bool, device=device)
             lengths = torch.zeros(rows, dtype=torch.long, device=device)
-            last_round = generated + steps >= self.max_new
             for step in range(steps):
                 scores = self.processors(seqs, logits)
                 probs = torch.softmax(scores, dim=-1)
@@ -481,10 +480,7 @@ class _Search:
                 self.mask = torch.cat([self.mask, unfinished[:, None].long()], dim=-1)
                 lengths += unfinished.long()
                 unfinished = unfinished & ~self.stopping(seqs, scores)
-                # The chunk's last token is fed for every row too, before the survivors are known: one
-                # forward of W*K rows costs about what a separate forward of the W survivors would
-                # (decoding reads the weights, not the rows), and the cache is then re-indexed once.
-                if not (last_round and step + 1 == steps) and bool(unfinished.any()):
+                if step + 1 < steps and bool(unfinished.any()):
                     logits = self._forward(tokens[:, None], cache)
             generated += steps
             resp_len = resp_len + lengths
@@ -526,15 +522,23 @@ class _Search:
                     prompt_of_row[live],
                     weak.scores[live.to(weak.scores.device)],
                 )
-            # 4. Re-index both caches once: the survivors, each repeated K times.
-            survivors = [row for row in keep_rows for _ in range(K)]
-            index = torch.as_tensor(survivors, dtype=torch.long, device=device)
-            select_cache_rows(cache, index)
-            seqs, self.mask, prompt_of_row = seqs[index], self.mask[index], prompt_of_row[index]
-            logits, resp_len = logits[index], resp_len[index]
-            weak.select(index.to(weak.scores.device))
+            # 4. Re-index both caches: survivors, each repeated K times.
+            live = torch.as_tensor(keep_rows, dtype=torch.long, device=device)
+            select_cache_rows(cache, live)
+            seqs, self.mask, prompt_of_row, resp_len = (
+                seqs[live],
+                self.mask[live],
+                prompt_of_row[live],
+                resp_len[live],
+            )
+            logits = self._forward(seqs[:, -1:], cache)
+            expand = torch.arange(live.numel(), device=device).repeat_interleave(K)
+            select_cache_rows(cache, expand)
+            seqs, self.mask, prompt_of_row = seqs[expand], self.mask[expand], prompt_of_row[expand]
+            logits, resp_len = logits[expand], resp_len[expand]
+            weak.select(live.to(weak.scores.device)[expand.to(weak.scores.device)])
             if weak_rows is not None:
-                weak_rows = [list(weak_rows[row]) for row in survivors]
+                weak_rows = [list(weak_rows[int(live[int(i)])]) for i in expand.tolist()]
 
     def _select(self, pools, prompt_of_row, seqs, resp_len, finished, scores, W) -> list[int]:
         """Update each prompt's pool; return the live rows to expand next round (host sync, once a round)."""
