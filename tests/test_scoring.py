@@ -130,3 +130,11 @@ def test_property_cached_scoring_matches_recompute(tokenizer, family, seed, batc
         [full_logprob(tuned, p, r) - full_logprob(untuned, p, r) for p, r in zip(prompts, responses)]
     )
     torch.testing.assert_close(state.scores, want, atol=2e-4, rtol=2e-4)
+
+
+def test_incremental_scoring_keeps_no_autograd_graph(pair):
+    assert any(p.requires_grad for p in pair.sides[0].model.parameters())
+    state = pair.start(["the film was"])
+    out = state.extend(torch.tensor([[5, 6, 7]]))
+    state.replace_tail(torch.tensor([1]), torch.tensor([[8]]), torch.tensor([1]))
+    assert out.grad_fn is None and not state.side_scores.requires_grad

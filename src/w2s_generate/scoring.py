@@ -40,6 +40,10 @@ class Side:
         condition: a text this side reads before every prompt (a system prompt, a principle, a
             persona), or a function giving one per prompt (an explanation written for it): the
             tuned side of a prompt-conditioned pair; ``None`` for none.
+
+    Example:
+        >>> [(side.adapter_name, side.condition) for side in harmless.sides]   # a PromptPair's two sides
+        [(None, 'Be harmless.'), (None, None)]
     """
 
     model: torch.nn.Module
@@ -118,9 +122,11 @@ class GuidanceState:
     row (summed over the response tokens so far) and ``side_scores`` its per-side log-likelihoods.
 
     Example:
-        >>> state = pair.start(["the film was"])                       # doctest: +SKIP
-        >>> state.extend(torch.tensor([[ids_of_good]]), torch.tensor([1]))  # doctest: +SKIP
-        >>> state.scores                                               # doctest: +SKIP
+        >>> state = pair.start(["the film was"])
+        >>> state.extend(torch.tensor([[218, 257]]), torch.tensor([1]))   # only the first token counts
+        tensor([...])
+        >>> state.side_scores.shape   # each side's log-likelihood of each row
+        torch.Size([2, 1])
     """
 
     sides: list[Side]
@@ -132,6 +138,7 @@ class GuidanceState:
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    @torch.no_grad()
     def prefill(
         cls,
         sides: list[Side],
@@ -227,6 +234,7 @@ class GuidanceState:
         self.side_scores = self.side_scores[:, index]
         self.rows = int(index.numel())
 
+    @torch.no_grad()
     def extend(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Append ``tokens[n, :lengths[n]]`` to each row and score them.
 
@@ -239,6 +247,7 @@ class GuidanceState:
         """
         return self.replace_tail(torch.zeros(self.rows, dtype=torch.long), tokens, lengths)
 
+    @torch.no_grad()
     def replace_tail(
         self, drop: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> torch.Tensor:
