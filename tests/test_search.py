@@ -521,3 +521,23 @@ def test_property_scores_are_fresh_and_shapes_hold(
     else:
         want = pair.score(rep_prompts, responses)
     torch.testing.assert_close(out.log_ratios, want, atol=2e-4, rtol=2e-4)
+
+
+class _FixedCount:
+    """A sampler that returns ``count`` chunks per prefix whatever it is asked for (None: as asked)."""
+
+    def __init__(self, count: int | None) -> None:
+        self.count = count
+
+    def sample(self, prefixes, n, max_tokens):
+        return [[w2s.Chunk(" and", False)] * (self.count or n) for _ in prefixes]
+
+
+def test_a_sampler_returning_another_count_is_refused(pair):
+    cbs = w2s.ChunkBeamSearch(pair, 2, 2, 3)
+    with pytest.raises(
+        ValueError, match=r"_FixedCount.sample was asked for 4 continuations .* returned \[2\]"
+    ):
+        cbs.run(["the film was"], sampler=_FixedCount(2), max_new_tokens=6)
+    out = cbs.run(["the film was"], sampler=_FixedCount(None), max_new_tokens=6)
+    assert out.texts == [" and and"]

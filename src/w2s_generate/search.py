@@ -18,7 +18,7 @@ from ._compat import accepts_position_ids, new_cache, select_cache_rows
 from .bridge import TextBridge, advance_texts
 from .pairs import WeakPair
 from .processor import check_shared_vocabulary, rows_look_padded
-from .samplers import ChunkSampler
+from .samplers import Chunk, ChunkSampler
 from .strategy import SearchOutput, Strategy, TextSearchOutput
 
 
@@ -35,6 +35,13 @@ class RoundTrace:
         kept: ``[R]`` whether the candidate survived the round.
         component_scores: name -> ``[R]`` each pair's own score (one entry per pair of an ensemble):
             a strong model gaming one judge shows as one component rising while another falls.
+
+    Example:
+        >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=8,
+        ...                      return_dict_in_generate=True, return_trace=True)
+        >>> first = out.trace[0]   # 2 prompts x W=2 beams x K=2 successors, chunks of 4 tokens
+        >>> len(out.trace), first.scores.shape, int(first.kept.sum())
+        (2, torch.Size([8]), 4)
     """
 
     round: int
@@ -80,8 +87,8 @@ class ChunkBeamSearch(Strategy):
             the large model's, which is refused if the output tables differ by more than 1% of rows.
 
     Example:
-        >>> cbs = ChunkBeamSearch(pair, beam_width=2, successors_per_beam=2, chunk_length=4)   # doctest: +SKIP
-        >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=16)  # doctest: +SKIP
+        >>> cbs = ChunkBeamSearch(pair, beam_width=2, successors_per_beam=2, chunk_length=4)
+        >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=16)
     """
 
     def __init__(
@@ -218,8 +225,7 @@ class ChunkBeamSearch(Strategy):
         pools = [_Pool() for _ in prompts]
         trace: list[RoundTrace] = []
         steps = min(chunk, max_new_tokens)
-        sampled = sampler.sample(list(prompts), W * K, steps)
-        children = [c for per_prefix in sampled for c in per_prefix]
+        children = _sample(sampler, list(prompts), W * K, steps)
         generated, round_index = 0, 0
         while True:
             generated += steps
@@ -255,10 +261,9 @@ class ChunkBeamSearch(Strategy):
             weak_rows = [list(weak_rows[r]) for r in expand]
             texts = [texts[r] for r in expand]
             steps = min(chunk, max_new_tokens - generated)
-            sampled = sampler.sample(
-                [prompts[owners[i * K]] + texts[i * K] for i in range(len(keep))], K, steps
+            children = _sample(
+                sampler, [prompts[owners[i * K]] + texts[i * K] for i in range(len(keep))], K, steps
             )
-            children = [c for per_prefix in sampled for c in per_prefix]
         live_scores = scores.tolist()
         out_texts: list[str] = []
         out_scores: list[float] = []
@@ -310,12 +315,30 @@ class ChunkBeamSearch(Strategy):
         return None
 
 
+def _sample(sampler: ChunkSampler, prefixes: list[str], n: int, max_tokens: int) -> list[Chunk]:
+    """``n`` chunks per prefix, flattened prefix-major; a sampler that returns another count is refused."""
+    sampled = sampler.sample(prefixes, n, max_tokens)
+    counts = [len(per_prefix) for per_prefix in sampled]
+    if len(sampled) != len(prefixes) or any(c != n for c in counts):
+        raise ValueError(
+            f"{type(sampler).__name__}.sample was asked for {n} continuations of each of {len(prefixes)} "
+            f"prefixes and returned {counts}: a ChunkSampler returns exactly n Chunks per prefix."
+        )
+    chunks = [c for per_prefix in sampled for c in per_prefix]
+    if not all(isinstance(c, Chunk) for c in chunks):
+        bad = next(type(c).__name__ for c in chunks if not isinstance(c, Chunk))
+        raise TypeError(
+            f"{type(sampler).__name__}.sample returned a {bad}; it must return w2s_generate.Chunk objects."
+        )
+    return chunks
+
+
 class BestOfN(ChunkBeamSearch):
     """Best of ``n`` whole samples by the pair's log-ratio: CBS with W=1, K=n and whole responses.
 
     Example:
-        >>> bon = BestOfN(pair, n=16)                                                   # doctest: +SKIP
-        >>> out = model.generate(**inputs, custom_generate=bon, do_sample=True, max_new_tokens=32)  # doctest: +SKIP
+        >>> bon = BestOfN(pair, n=16)
+        >>> out = model.generate(**inputs, custom_generate=bon, do_sample=True, max_new_tokens=32)
     """
 
     def __init__(self, pair: WeakPair, n: int = 16, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
