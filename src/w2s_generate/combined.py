@@ -26,8 +26,9 @@ class PromptPair(WeakPair):
             returning one per prompt (see :func:`w2s_generate.explanation_pair`).
 
     Example:
-        >>> pair = PromptPair(small_model, tokenizer, condition="Answer kindly.")   # doctest: +SKIP
-        >>> pair.score(["How do I fix this?"], [" Happy to help!"])                 # doctest: +SKIP
+        >>> pair = PromptPair(small_model, tokenizer, condition="Answer kindly.")
+        >>> pair.score(["How do I fix this?"], [" Happy to help!"])
+        tensor([...])
     """
 
     def __init__(
@@ -58,8 +59,11 @@ class GuidanceEnsemble(WeakPair):
         names: a name per member for traces; default ``pair0``, ``pair1``, ...
 
     Example:
-        >>> ensemble = GuidanceEnsemble([(helpful, 1.0), (harmless, 0.5)], names=["helpful", "harmless"])  # doctest: +SKIP
-        >>> model.generate(**inputs, custom_generate=ChunkBeamSearch(ensemble), do_sample=True)          # doctest: +SKIP
+        >>> ensemble = GuidanceEnsemble([(helpful, 1.0), (harmless, 0.5)], names=["helpful", "harmless"])
+        >>> out = model.generate(**inputs, custom_generate=ChunkBeamSearch(ensemble), do_sample=True,
+        ...                      max_new_tokens=10, return_dict_in_generate=True, return_trace=True)
+        >>> sorted(out.trace[-1].component_scores)   # each judge's own score of every candidate
+        ['harmless', 'helpful']
     """
 
     def __init__(self, members: Sequence[tuple[WeakPair, float]], names: Sequence[str] | None = None) -> None:
@@ -114,7 +118,9 @@ class GuidanceEnsemble(WeakPair):
         """Several LoRA adapters on one base, loaded once: an ensemble scored in one forward.
 
         Example:
-            >>> both = GuidanceEnsemble.from_adapters(["helpful-lora", "harmless-lora"], [1.0, 0.5])  # doctest: +SKIP
+            >>> both = GuidanceEnsemble.from_adapters(["helpful-lora", "harmless-lora"], [1.0, 0.5])
+            >>> both.score(["the film was"], [" great"])
+            tensor([...])
         """
         weights = [1.0] * len(adapters) if weights is None else list(weights)
         if len(weights) != len(adapters) or not adapters:

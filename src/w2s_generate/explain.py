@@ -56,8 +56,8 @@ def explain(
     when it has one. Decoding is greedy unless ``generate_kwargs`` say otherwise.
 
     Example:
-        >>> explain(model, tokenizer, ["Write a haiku about rain."])   # doctest: +SKIP
-        ['A haiku has three lines of 5, 7 and 5 syllables; ...']
+        >>> explain(model, tokenizer, ["Write a haiku about rain."], max_new_tokens=16)
+        ['...']
     """
     if "{prompt}" not in instruction:
         raise ValueError("instruction must contain '{prompt}', where each prompt goes.")
@@ -97,9 +97,10 @@ def explanation_pair(
         explanations: one explanation per prompt, e.g. from :func:`explain`.
 
     Example:
-        >>> notes = explain(model, tok, prompts)                                   # doctest: +SKIP
-        >>> pair = explanation_pair(small, small_tok, prompts, notes)               # doctest: +SKIP
-        >>> model.generate(**inputs, custom_generate=ChunkBeamSearch(pair), do_sample=True)  # doctest: +SKIP
+        >>> notes = explain(model, tok, prompts, max_new_tokens=16)
+        >>> pair = explanation_pair(small, small_tok, prompts, notes)
+        >>> inputs = tok(prompts, return_tensors="pt", padding=True)
+        >>> out = model.generate(**inputs, custom_generate=ChunkBeamSearch(pair), do_sample=True, max_new_tokens=10)
     """
     if len(prompts) != len(explanations):
         raise ValueError(f"{len(prompts)} prompts but {len(explanations)} explanations: give one per prompt.")

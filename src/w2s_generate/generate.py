@@ -26,7 +26,8 @@ class TokenGuidance(Strategy):
         beta: guidance strength.
 
     Example:
-        >>> out = model.generate(**inputs, custom_generate=TokenGuidance(pair, beta=1.0), do_sample=True)  # doctest: +SKIP
+        >>> out = model.generate(**inputs, custom_generate=TokenGuidance(pair, beta=1.0), do_sample=True,
+        ...                      max_new_tokens=10)
     """
 
     def __init__(self, pair: WeakPair, beta: float = 1.0) -> None:
@@ -87,9 +88,9 @@ def enable(model):
     """Let ``model.generate`` take ``strategy=`` (an instance-level wrapper; idempotent).
 
     Example:
-        >>> import w2s_generate as w2s                                                   # doctest: +SKIP
-        >>> w2s.enable(model)                                                            # doctest: +SKIP
-        >>> model.generate(**inputs, strategy=w2s.BestOfN(pair, n=8), do_sample=True)   # doctest: +SKIP
+        >>> import w2s_generate as w2s
+        >>> model = w2s.enable(model)
+        >>> out = model.generate(**inputs, strategy=w2s.BestOfN(pair, n=8), do_sample=True, max_new_tokens=10)
     """
     if getattr(model, _ENABLED, None) is not None:
         return model
@@ -100,7 +101,13 @@ def enable(model):
 
 
 def disable(model):
-    """Undo :func:`enable`."""
+    """Undo :func:`enable`.
+
+    Example:
+        >>> model = disable(enable(model))
+        >>> "strategy" in str(type(model).generate.__doc__)   # the class's own generate is back
+        False
+    """
     original = getattr(model, _ENABLED, None)
     if original is not None:
         del model.generate
@@ -112,7 +119,11 @@ class W2SGenerationMixin:
     """Mixin for your own model classes: ``generate(strategy=...)`` without calling :func:`enable`.
 
     Example:
-        >>> class MyLM(W2SGenerationMixin, LlamaForCausalLM): ...    # doctest: +SKIP
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> class MyLM(W2SGenerationMixin, LlamaForCausalLM): ...
+        >>> mine = MyLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+        ...                         num_hidden_layers=1, num_attention_heads=2, pad_token_id=0))
+        >>> out = mine.generate(**inputs, strategy=BestOfN(pair, n=2), do_sample=True, max_new_tokens=4)
     """
 
     def generate(self, *args, strategy: Strategy | None = None, **kwargs):

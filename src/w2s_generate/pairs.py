@@ -57,10 +57,9 @@ class WeakPair:
         tokenizer: the tokenizer both models use.
 
     Example:
-        >>> from transformers import GPT2Config, GPT2LMHeadModel, AutoTokenizer  # doctest: +SKIP
-        >>> pair = WeakPair(tuned_model, untuned_model, tokenizer)               # doctest: +SKIP
-        >>> pair.score(["Review:"], [" A wonderful film."])                      # doctest: +SKIP
-        tensor([1.7316])
+        >>> pair = WeakPair(tuned_model, untuned_model, tokenizer)
+        >>> pair.score(["Review:"], [" A wonderful film."])
+        tensor([...])
     """
 
     def __init__(
@@ -136,9 +135,9 @@ class WeakPair:
             adapter_name: which adapter is the tuned side.
 
         Example:
-            >>> from peft import LoraConfig, get_peft_model                          # doctest: +SKIP
-            >>> peft_model = get_peft_model(base, LoraConfig(target_modules=["c_attn"]))  # doctest: +SKIP
-            >>> pair = WeakPair.from_peft(peft_model, tokenizer)                     # doctest: +SKIP
+            >>> from peft import LoraConfig, get_peft_model
+            >>> peft_model = get_peft_model(base, LoraConfig(target_modules=["c_attn"]))
+            >>> pair = WeakPair.from_peft(peft_model, tokenizer)
         """
         _check_peft_adapter(peft_model, adapter_name)
         _check_causal_lm(peft_model, "peft_model")
@@ -256,9 +255,9 @@ class WeakPair:
         """Prefill the prompts once: a KV-cached :class:`GuidanceState` with one row per prompt.
 
         Example:
-            >>> state = pair.start(["Review:"])                            # doctest: +SKIP
-            >>> state.extend(torch.tensor([[318, 257]]))                   # doctest: +SKIP
-            tensor([0.4210])
+            >>> state = pair.start(["Review:"])
+            >>> state.extend(torch.tensor([[218, 257]]))   # the log-ratio of the two tokens so far
+            tensor([...])
         """
         plain = [self.encode_prompt(p) for p in prompts]
         per_side = [
@@ -274,8 +273,8 @@ class WeakPair:
         """``log p_tuned(y|x) - log p_untuned(y|x)`` summed over each response's tokens: ``[B]`` floats.
 
         Example:
-            >>> pair.score(["Review:", "Review:"], [" Great.", " Awful."])    # doctest: +SKIP
-            tensor([ 1.2034, -0.8810])
+            >>> pair.score(["Review:", "Review:"], [" Great.", " Awful."])
+            tensor([..., ...])
         """
         if len(prompts) != len(responses):
             raise ValueError(

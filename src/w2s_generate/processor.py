@@ -51,8 +51,8 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
         pad_token_id: id used for left padding of the prompts; default the pair tokenizer's.
 
     Example:
-        >>> processor = WeakToStrongLogitsProcessor(pair, beta=1.0)                   # doctest: +SKIP
-        >>> model.generate(**inputs, logits_processor=[processor], do_sample=True)     # doctest: +SKIP
+        >>> processor = WeakToStrongLogitsProcessor(pair, beta=1.0)
+        >>> out = model.generate(**inputs, logits_processor=[processor], do_sample=True, max_new_tokens=10)
     """
 
     def __init__(

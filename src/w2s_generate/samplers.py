@@ -29,6 +29,10 @@ class Chunk:
     Attributes:
         text: the continuation's text.
         finished: whether the response ended (EOS or a stop sequence: finish reason ``"stop"``).
+
+    Example:
+        >>> Chunk(" a fine film.", finished=True)
+        Chunk(text=' a fine film.', finished=True)
     """
 
     text: str
@@ -36,7 +40,20 @@ class Chunk:
 
 
 class ChunkSampler(Protocol):
-    """Samples ``n`` continuations of at most ``max_tokens`` tokens for each text prefix."""
+    """Samples ``n`` continuations of at most ``max_tokens`` tokens for each text prefix.
+
+    Anything with this ``sample`` method can drive :meth:`w2s_generate.ChunkBeamSearch.run`: a
+    completions endpoint (:class:`CompletionsSampler`), another client, a local engine.
+
+    Example:
+        >>> class Canned:  # n continuations of every prefix, alternating between two texts
+        ...     def sample(self, prefixes, n, max_tokens):
+        ...         two = [Chunk(" so good.", finished=True), Chunk(" dull and", finished=False)]
+        ...         return [[two[i % 2] for i in range(n)] for _ in prefixes]
+        >>> out = cbs.run(["the film was"], sampler=Canned(), max_new_tokens=8)
+        >>> out.texts[0] in {" so good.", " dull and so good.", " dull and dull and"}
+        True
+    """
 
     def sample(self, prefixes: Sequence[str], n: int, max_tokens: int) -> list[list[Chunk]]: ...
 
@@ -48,7 +65,16 @@ def _request_seed(seed: int, prompt: str, index: int) -> int:
 
 
 class RemoteSamplerError(RuntimeError):
-    """A completions request failed for good (bad credentials, unknown model, retries used up)."""
+    """A completions request failed for good (bad credentials, unknown model, retries used up).
+
+    Example:
+        >>> sampler = CompletionsSampler("http://127.0.0.1:9/v1", "absent", retries=0)  # nothing listens
+        >>> try:
+        ...     cbs.run(["the film was"], sampler=sampler, max_new_tokens=4)
+        ... except RemoteSamplerError:
+        ...     print("no answer")
+        no answer
+    """
 
 
 class _Transient(Exception):

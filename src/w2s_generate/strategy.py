@@ -19,6 +19,12 @@ class SearchOutput(ModelOutput):
         sequences: ``[B * num_return_sequences, T]`` prompt + response ids, right-padded.
         log_ratios: ``[B * num_return_sequences]`` the pair's objective of each returned response.
         trace: with ``return_trace=True``, one :class:`w2s_generate.search.RoundTrace` per round.
+
+    Example:
+        >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=8,
+        ...                      num_return_sequences=2, return_dict_in_generate=True)
+        >>> out.sequences.shape[0], out.log_ratios.shape   # 2 prompts x 2 returned, best first
+        (4, torch.Size([4]))
     """
 
     sequences: torch.LongTensor | None = None
@@ -35,6 +41,14 @@ class TextSearchOutput(ModelOutput):
         log_ratios: the pair's objective of each response.
         trace: with ``return_trace=True``, one :class:`w2s_generate.search.RoundTrace` per round
             (its ``responses`` are texts).
+
+    Example:
+        >>> class Canned:
+        ...     def sample(self, prefixes, n, max_tokens):
+        ...         return [[Chunk(" so good.", True)] * n for _ in prefixes]
+        >>> out = cbs.run(["the film was", "a quiet story"], sampler=Canned(), max_new_tokens=8)
+        >>> out.texts, out.log_ratios.shape
+        ([' so good.', ' so good.'], torch.Size([2]))
     """
 
     texts: list[str] | None = None
@@ -48,6 +62,10 @@ class Strategy:
     transformers drops ``streamer=``, ``tokenizer=`` and ``stop_strings`` for callable strategies;
     :meth:`bind` attaches them (``model.generate(strategy=...)`` does it for you after
     :func:`w2s_generate.enable`).
+
+    Example:
+        >>> isinstance(cbs, Strategy), isinstance(TokenGuidance(pair), Strategy)
+        (True, True)
     """
 
     def __init__(self) -> None:
@@ -59,8 +77,11 @@ class Strategy:
         """A copy of this strategy that streams to ``streamer`` and stops at ``stop_strings``.
 
         Example:
-            >>> out = model.generate(**inputs, do_sample=True,                      # doctest: +SKIP
+            >>> from transformers import TextStreamer
+            >>> one = tok("the film was", return_tensors="pt")   # a streamer takes one prompt
+            >>> out = model.generate(**one, do_sample=True, max_new_tokens=8,
             ...                      custom_generate=cbs.bind(streamer=TextStreamer(tok), tokenizer=tok))
+            the film was...
         """
         if stop_strings is not None and tokenizer is None:
             raise ValueError("stop_strings needs the large model's tokenizer: pass tokenizer= as well.")
