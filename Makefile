@@ -42,6 +42,8 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_token_guidance.py
 	$(BIN)/python benchmarks/bench_chunk_search.py
+	$(BIN)/python benchmarks/bench_demo_task.py
+	$(BIN)/python benchmarks/bench_explanations.py
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) site build dist
