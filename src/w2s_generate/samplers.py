@@ -68,7 +68,7 @@ class RemoteSamplerError(RuntimeError):
     """A completions request failed for good (bad credentials, unknown model, retries used up).
 
     Example:
-        >>> sampler = CompletionsSampler("http://127.0.0.1:9/v1", "absent", retries=0)  # nothing listens
+        >>> sampler = CompletionsSampler("http://127.0.0.1:9/v1", "absent", retries=0, timeout=2)  # nothing there
         >>> try:
         ...     cbs.run(["the film was"], sampler=sampler, max_new_tokens=4)
         ... except RemoteSamplerError:
