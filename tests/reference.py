@@ -20,3 +20,14 @@ def next_logprobs(model, ids: list[int], **forward_kwargs) -> torch.Tensor:
     """log p(. | ids) from one uncached forward."""
     logits = model(input_ids=torch.tensor([list(ids)]), **forward_kwargs).logits[0, -1].float()
     return torch.log_softmax(logits, dim=-1)
+
+
+def responses_of(sequences: torch.Tensor, prompt_width: int, pad: int) -> list[list[int]]:
+    """Generated ids per returned row, trailing padding removed."""
+    rows = []
+    for row in sequences.tolist():
+        r = row[prompt_width:]
+        while r and r[-1] == pad:
+            r.pop()
+        rows.append(r)
+    return rows

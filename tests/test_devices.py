@@ -13,22 +13,13 @@ import pytest
 import torch
 from conftest import make_model, make_tokenizer
 from peft import LoraConfig, get_peft_model
+from reference import responses_of
 
 import w2s_generate as w2s
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 PROMPTS = ["the film was", "a quiet story about"]
-
-
-def responses_of(sequences: torch.Tensor, prompt_width: int, pad: int) -> list[list[int]]:
-    rows = []
-    for row in sequences.tolist():
-        r = row[prompt_width:]
-        while r and r[-1] == pad:
-            r.pop()
-        rows.append(r)
-    return rows
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import torch
 from conftest import make_model, make_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import next_logprobs
+from reference import next_logprobs, responses_of
 from transformers import LogitsProcessor, LogitsProcessorList, T5Config, T5ForConditionalGeneration
 from transformers.generation.streamers import BaseStreamer
 
@@ -37,17 +37,6 @@ def other_tokenizer():
 def cross_pair(other_tokenizer):
     v = len(other_tokenizer)
     return w2s.WeakPair(make_model("llama", v, 21), make_model("llama", v, 22), other_tokenizer)
-
-
-def responses_of(out, prompt_width, pad):
-    """Generated ids per returned row, trailing padding removed."""
-    rows = []
-    for row in out.tolist():
-        r = row[prompt_width:]
-        while r and r[-1] == pad:
-            r.pop()
-        rows.append(r)
-    return rows
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 7])

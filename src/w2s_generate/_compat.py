@@ -115,3 +115,17 @@ def run_builtin_decoding(
         **extra,
         **model_kwargs,
     )
+
+
+@contextlib.contextmanager
+def hub_progress_bars_off() -> Iterator[None]:
+    """transformers' per-file loading/saving bars off while this runs; the global switch is restored."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -785,21 +785,13 @@ def _warn_about_existing(
         )
 
 
-@contextlib.contextmanager
-def _hub_progress_bars(enabled: bool) -> Iterator[None]:
+def _hub_progress_bars(enabled: bool) -> contextlib.AbstractContextManager:
     """transformers' loading bars off while this runs, when ``--no-progress`` is given."""
     if enabled:
-        yield
-        return
-    from transformers.utils import logging as hf_logging
+        return contextlib.nullcontext()
+    from ._compat import hub_progress_bars_off
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
+    return hub_progress_bars_off()
 
 
 def _load(args: argparse.Namespace):

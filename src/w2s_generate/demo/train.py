@@ -32,8 +32,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-from transformers.utils import logging as hf_logging
 
+from .._compat import hub_progress_bars_off
 from .cache import (
     ADAPTER_DIR,
     CACHE_FORMAT,
@@ -151,21 +151,6 @@ class TrainedDemo:
     tokenizer: PreTrainedTokenizerFast
     cache_dir: Path
     manifest: dict[str, Any]
-
-
-@contextlib.contextmanager
-def _quiet_hf() -> Iterator[None]:
-    """Silence transformers' per-file "Loading weights"/"Writing shards" bars for tiny local models.
-
-    They are global switches, so the previous state is restored afterwards.
-    """
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -442,7 +427,7 @@ def _train_and_publish(final: Path, progress: bool, scale: float) -> TrainedDemo
         "versions": _versions(),
     }
 
-    with staging_dir(final.parent) as staged, _quiet_hf():
+    with staging_dir(final.parent) as staged, hub_progress_bars_off():
         trained["strong"].save_pretrained(staged / STRONG_DIR, safe_serialization=True)
         trained["weak"].save_pretrained(staged / WEAK_DIR, safe_serialization=True)
         # The adapter config would otherwise record the staging path as its base model; the
@@ -486,7 +471,7 @@ def _versions() -> dict[str, str]:
 
 def _load_llama(folder: Path) -> LlamaForCausalLM:
     # use_safetensors=True: never fall back to a pickle checkpoint, even one planted in the cache.
-    with _quiet_hf():
+    with hub_progress_bars_off():
         model = LlamaForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
     return model.eval()
 
