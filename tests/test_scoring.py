@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import FAMILIES, make_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import full_logprob
@@ -138,3 +138,61 @@ def test_incremental_scoring_keeps_no_autograd_graph(pair):
     out = state.extend(torch.tensor([[5, 6, 7]]))
     state.replace_tail(torch.tensor([1]), torch.tensor([[8]]), torch.tensor([1]))
     assert out.grad_fn is None and not state.side_scores.requires_grad
+
+
+def naive_objective(pair: w2s.WeakPair, prompt: list[int], response: list[int]) -> float:
+    """The pair's objective of one row, from one uncached forward per side."""
+    return sum(
+        c * full_logprob(side.model, prompt, response) for c, side in zip(pair.coefficients, pair.sides)
+    )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(family=st.sampled_from(["gpt2", "llama"]), seed=st.integers(0, 1000), data=st.data())
+def test_property_sequences_of_operations_match_one_shot_scoring(tokenizer, family, seed, data):
+    """Random sequences of extend / select (with duplicates) / replace_tail (retractions of overlapping
+    depth, several in a row) against a naive one-shot score of every row after every operation."""
+    vocab = len(tokenizer)
+    pair = w2s.WeakPair(make_model(family, vocab, seed), make_model(family, vocab, seed + 1), tokenizer)
+    token = st.integers(3, vocab - 1)
+    n = data.draw(st.integers(1, 3), label="rows")
+    prompts = [data.draw(st.lists(token, min_size=1, max_size=5), label="prompt") for _ in range(n)]
+    responses: list[list[int]] = [[] for _ in range(n)]
+    state = pair.start(prompts)
+    for _ in range(data.draw(st.integers(1, 6), label="operations")):
+        op = data.draw(st.sampled_from(["extend", "select", "replace_tail", "replace_tail"]), label="op")
+        if op == "select":
+            index = data.draw(
+                st.lists(st.integers(0, len(prompts) - 1), min_size=1, max_size=4), label="index"
+            )
+            state.select(torch.tensor(index))
+            prompts = [prompts[i] for i in index]
+            responses = [list(responses[i]) for i in index]
+            continue
+        drops = [0] * len(prompts)
+        if op == "replace_tail":
+            drops = [data.draw(st.integers(0, len(r)), label="drop") for r in responses]
+        tails = [data.draw(st.lists(token, min_size=0, max_size=4), label="tail") for _ in prompts]
+        before = state.scores.clone()
+        change = state.replace_tail(torch.tensor(drops), *w2s.scoring.right_pad(tails, pair.pad_token_id))
+        responses = [r[: len(r) - d] + t for r, d, t in zip(responses, drops, tails)]
+        want = torch.tensor([naive_objective(pair, p, r) for p, r in zip(prompts, responses)])
+        torch.testing.assert_close(state.scores, want, atol=2e-4, rtol=2e-4)
+        torch.testing.assert_close(change, state.scores - before, atol=2e-4, rtol=2e-4)
+    want = torch.tensor([naive_objective(pair, p, r) for p, r in zip(prompts, responses)])
+    torch.testing.assert_close(state.scores, want, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_word_retokenized_twice_is_scored_once(tokenizer, family):
+    """``[w, o] -> [w, on] -> [wond]``: two retractions of one region, the second deeper than the first."""
+    vocab = len(tokenizer)
+    pair = w2s.WeakPair(make_model(family, vocab, 5), make_model(family, vocab, 6), tokenizer)
+    prompt = [[40, 41, 42]]
+    state = pair.start(prompt)
+    state.extend(torch.tensor([[50, 60]]))
+    state.replace_tail(torch.tensor([1]), torch.tensor([[61]]))  # [50, 61]
+    state.replace_tail(torch.tensor([2]), torch.tensor([[70]]))  # [70]
+    torch.testing.assert_close(
+        state.scores, torch.tensor([naive_objective(pair, prompt[0], [70])]), atol=1e-4, rtol=1e-4
+    )

@@ -291,12 +291,14 @@ class GuidanceState:
             n_sides = len(group.side_indices)
             side_rows = torch.as_tensor(group.side_indices, device=device)
             group_drop = drop.repeat(n_sides)
+            group_refeed = refeed.repeat(n_sides)
+            refed_logp = torch.zeros(group_refeed.shape, dtype=torch.float32, device=device)
             if bool(refeed.any()):
-                refed_ids, removed = self._mask_tail(group, group_drop)
+                refed_ids, refed_logp, removed = self._mask_tail(group, group_drop)
                 # removed: [S_g*N] log-prob mass taken off each row (the re-fed token's stays counted)
                 self.side_scores[side_rows] -= removed.view(n_sides, n)
                 ids = new_tokens.repeat(n_sides, 1)
-                ids[:, 0] = torch.where(refeed.repeat(n_sides), refed_ids, ids[:, 0])
+                ids[:, 0] = torch.where(group_refeed, refed_ids, ids[:, 0])
             else:
                 ids = new_tokens.repeat(n_sides, 1)
             group_valid = valid.repeat(n_sides, 1)
@@ -310,6 +312,9 @@ class GuidanceState:
             group_counted = counted.repeat(n_sides, 1)
             token_logp = torch.where(group_counted, token_logp, torch.zeros_like(token_logp))
             self.side_scores[side_rows] += token_logp.sum(-1).view(n_sides, n)
+            # The re-fed token's log-prob is still part of the score: record it at its new column, so
+            # a later, deeper retraction that drops it takes it off again.
+            token_logp[:, 0] = torch.where(group_refeed, refed_logp, token_logp[:, 0])
             # The next-token distribution comes from each row's last real token.
             last_index = (total_len.repeat(n_sides) - 1).clamp(min=0)
             last_logits = logits[torch.arange(logits.shape[0], device=device), last_index]
@@ -330,11 +335,14 @@ class GuidanceState:
             return ids.new_zeros((ids.shape[0], 0), dtype=torch.float32)
         return logits[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - lse[:, :-1]
 
-    def _mask_tail(self, group: _Group, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mask_tail(
+        self, group: _Group, drop: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mask out the last ``drop+1`` attended tokens of rows with ``drop > 0``.
 
-        Returns the id of the earliest masked token per row (to re-feed) and the counted log-prob mass
-        removed, not including that re-fed token, whose own log-prob stays valid.
+        Returns, per row: the id of the earliest masked token (to re-feed), its counted log-prob (it
+        stays in the score and moves with the token) and the counted log-prob mass removed, not
+        including that re-fed token.
         """
         attended = group.mask.bool()
         # How many attended tokens sit at or after each column.
@@ -350,7 +358,7 @@ class GuidanceState:
         removed = torch.where(drop > 0, removed - refed_logp, removed)
         group.mask = torch.where(to_mask, torch.zeros_like(group.mask), group.mask)
         group.token_logp = torch.where(to_mask, torch.zeros_like(group.token_logp), group.token_logp)
-        return refed_ids, removed
+        return refed_ids, refed_logp, removed
 
     def _check_length(self, group: _Group, length: int) -> None:
         if group.max_positions is not None and length > group.max_positions:
