@@ -496,6 +496,8 @@ def test_property_scores_are_fresh_and_shapes_hold(
         do_sample=True,
         max_new_tokens=8,
         eos_token_id=eos,
+        # A sampled padding id would be taken for the right padding of the returned sequences.
+        suppress_tokens=[tokenizer.pad_token_id],
         num_return_sequences=n_return,
         return_dict_in_generate=True,
     )

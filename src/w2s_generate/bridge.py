@@ -21,26 +21,57 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 class TextBridge:
     """Feeds a weak pair the text of the large model's responses, re-encoded with the pair's tokenizer.
 
+    A response's text is what it adds to the decoded prompt: ``decode(prompt + response)`` past
+    ``decode(prompt)``, as ``TextStreamer`` does. Decoding a response on its own would lose what
+    depends on its context: SentencePiece-style decoders (Llama-2, Mistral) strip the first space
+    of a sequence, so ``" wonderful"`` alone decodes to ``"wonderful"``.
+
     Each row's weak-side tokens are cached. When a row's text grows, it is re-encoded and only the
     tokens after the first one that changed go through the weak models (a word split across two
     chunks re-tokenizes at the boundary, so the tail of the old encoding may be replaced). The
-    score therefore always equals ``pair.score(prompt, full_text)``.
+    score therefore always equals ``pair.score(weak_prompt, response_text)``.
+
+    Args:
+        strong_tokenizer: the large model's tokenizer.
+        pair: the weak pair, with a tokenizer of its own.
+
+    Examples:
+        >>> from w2s_generate.bridge import TextBridge
+        >>> bridge = TextBridge(tok, pair)
+        >>> bridge.start([tok("the film was")["input_ids"]])   # the prompts' text: the pair reads it
+        ['the film was']
     """
 
     def __init__(self, strong_tokenizer: PreTrainedTokenizerBase, pair: WeakPair) -> None:
         self.strong_tokenizer = strong_tokenizer
         self.pair = pair
+        self._prompt_rows: list[list[int]] = []
+        self._prompt_text_lengths: list[int] = []
 
-    def texts(self, responses: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        """``[R, T], [R] -> R`` decoded responses (special tokens such as EOS dropped)."""
-        rows = [r[:n] for r, n in zip(responses.tolist(), lengths.tolist())]
-        return self.strong_tokenizer.batch_decode(rows, skip_special_tokens=True)
+    def start(self, prompt_rows: list[list[int]]) -> list[str]:
+        """Remember the prompts (large-model ids, no padding); returns their decoded text."""
+        texts = self.strong_tokenizer.batch_decode(prompt_rows, skip_special_tokens=True)
+        self._prompt_rows = [list(r) for r in prompt_rows]
+        self._prompt_text_lengths = [len(t) for t in texts]
+        return texts
+
+    def texts(self, responses: torch.Tensor, lengths: torch.Tensor, prompt_of_row: torch.Tensor) -> list[str]:
+        """``[R, T], [R], [R] -> R`` response texts, decoded after their prompt (special tokens dropped)."""
+        owners = prompt_of_row.tolist()
+        rows = [self._prompt_rows[b] + r[:n] for b, r, n in zip(owners, responses.tolist(), lengths.tolist())]
+        full = self.strong_tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return [text[self._prompt_text_lengths[b] :] for b, text in zip(owners, full)]
 
     def advance(
-        self, state: GuidanceState, weak_rows: list[list[int]], responses: torch.Tensor, lengths: torch.Tensor
+        self,
+        state: GuidanceState,
+        weak_rows: list[list[int]],
+        responses: torch.Tensor,
+        lengths: torch.Tensor,
+        prompt_of_row: torch.Tensor,
     ) -> None:
         """Bring ``state`` (and each row's cached weak ids, in place) up to the responses' current text."""
-        advance_texts(self.pair, state, weak_rows, self.texts(responses, lengths))
+        advance_texts(self.pair, state, weak_rows, self.texts(responses, lengths, prompt_of_row))
 
 
 def advance_texts(pair: WeakPair, state: GuidanceState, weak_rows: list[list[int]], texts: list[str]) -> None:

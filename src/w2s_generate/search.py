@@ -448,18 +448,18 @@ class _Search:
         self.max_new = max(config.max_length - self.prompt_len, 0)
         self.chunk = strategy.chunk_length or self.max_new or 1
         self.uses_position_ids = accepts_position_ids(model)
-        self.weak_prompts = weak_prompts if weak_prompts is not None else self._default_weak_prompts()
+        default_weak_prompts = self._default_weak_prompts()  # also hands the prompts to the bridge
+        self.weak_prompts = weak_prompts if weak_prompts is not None else default_weak_prompts
         self.trace: list[RoundTrace] = []
 
     # ------------------------------------------------------------------ helpers (tensors)
     def _default_weak_prompts(self) -> list:
+        """The prompts as the large model saw them: its ids, or their text across tokenizers."""
         rows = [
             [t for t, m in zip(ids, mask) if m]
             for ids, mask in zip(self.prompt_ids.tolist(), self.prompt_mask.tolist())
         ]
-        if self.bridge is None:
-            return rows
-        return [self.bridge.strong_tokenizer.decode(r, skip_special_tokens=True) for r in rows]
+        return rows if self.bridge is None else self.bridge.start(rows)
 
     def _forward(self, ids: torch.Tensor, cache) -> torch.Tensor:
         """``[R, T] -> [R, V]`` next-token logits after feeding ``ids`` (the mask already covers them)."""
@@ -513,7 +513,7 @@ class _Search:
             if self.bridge is None:
                 weak.extend(chunk, lengths)
             else:
-                self.bridge.advance(weak, weak_rows, seqs[:, self.prompt_len :], resp_len)
+                self.bridge.advance(weak, weak_rows, seqs[:, self.prompt_len :], resp_len, prompt_of_row)
             scores_now = weak.scores
             # 3. Keep the best W distinct hypotheses per prompt (finished ones stay in the pool).
             keep_rows = self._select(pools, prompt_of_row, seqs, resp_len, finished, scores_now, W)
