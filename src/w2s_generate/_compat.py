@@ -91,6 +91,25 @@ def guarded_mixed_adapter_forward(model: torch.nn.Module) -> Iterator[None]:
         raise
 
 
+#: The processors generate appends after a user's ``logits_processor=`` entries (transformers
+#: ``_get_logits_processor``): the sampling warpers, watermarking, and ``renormalize_logits``.
+TRAILING_PROCESSOR_NAMES = frozenset(
+    {
+        "TemperatureLogitsWarper",
+        "TopHLogitsWarper",
+        "TopKLogitsWarper",
+        "TopPLogitsWarper",
+        "MinPLogitsWarper",
+        "TypicalLogitsWarper",
+        "EpsilonLogitsWarper",
+        "EtaLogitsWarper",
+        "WatermarkLogitsProcessor",
+        "SynthIDTextWatermarkLogitsProcessor",
+        "LogitNormalization",
+    }
+)
+
+
 def run_builtin_decoding(
     model, input_ids, logits_processor, stopping_criteria, generation_config, streamer, **model_kwargs
 ):

@@ -7,7 +7,7 @@ import functools
 import torch
 from transformers import LogitsProcessorList
 
-from ._compat import run_builtin_decoding
+from ._compat import TRAILING_PROCESSOR_NAMES, run_builtin_decoding
 from .pairs import WeakPair
 from .processor import WeakToStrongLogitsProcessor, check_shared_vocabulary
 from .strategy import Strategy
@@ -18,8 +18,12 @@ _ENABLED = "_w2s_original_generate"
 class TokenGuidance(Strategy):
     """Token-level guidance as a strategy: the large model's own decoding loop with the guided processor.
 
-    The processor runs first among the logits processors (before temperature, top-k and top-p), and
-    is given the real attention mask of the prompts. Greedy, sampling and beam search all work.
+    The guided processor sits where transformers puts a user's ``logits_processor=``: after its own
+    processors (repetition penalty, bad words, minimum length, ...) and before the sampling warpers
+    (temperature, top-k, top-p, ...), so ``TokenGuidance(pair, beta)`` and
+    ``logits_processor=[WeakToStrongLogitsProcessor(pair, beta)]`` decode alike. It is given the
+    prompts' real attention mask (all ones when ``generate`` passes none). Greedy, sampling and beam
+    search all work.
 
     Args:
         pair: a weak pair sharing the large model's vocabulary.
@@ -49,8 +53,10 @@ class TokenGuidance(Strategy):
             self.pair, self.beta, pad_token_id=self.processor.pad_token_id
         )
         processor._vocabulary_checked = self.bound_tokenizer is not None
-        processor.begin(input_ids, model_kwargs.get("attention_mask"))
-        processors = LogitsProcessorList([processor, *logits_processor])
+        mask = model_kwargs.get("attention_mask")
+        # generate passes no mask when it is all ones: then no prompt token is padding.
+        processor.begin(input_ids, torch.ones_like(input_ids) if mask is None else mask)
+        processors = insert_before_warpers(logits_processor, processor)
         streamer = self.bound_streamer
         if streamer is not None:
             streamer.put(input_ids.cpu())
@@ -63,6 +69,22 @@ class TokenGuidance(Strategy):
             streamer,
             **model_kwargs,
         )
+
+
+def insert_before_warpers(processors: LogitsProcessorList, processor) -> LogitsProcessorList:
+    """``processors`` with ``processor`` where generate puts a user's: before the trailing warpers.
+
+    Examples:
+        >>> from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper
+        >>> from w2s_generate.generate import insert_before_warpers
+        >>> prepared = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.2), TemperatureLogitsWarper(0.7)])
+        >>> [type(p).__name__ for p in insert_before_warpers(prepared, "mine")]
+        ['RepetitionPenaltyLogitsProcessor', 'str', 'TemperatureLogitsWarper']
+    """
+    position = len(processors)
+    while position > 0 and type(processors[position - 1]).__name__ in TRAILING_PROCESSOR_NAMES:
+        position -= 1
+    return LogitsProcessorList([*processors[:position], processor, *processors[position:]])
 
 
 def _generate_with_strategy(original, *args, strategy: Strategy | None = None, **kwargs):

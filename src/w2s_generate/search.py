@@ -18,6 +18,7 @@ from ._compat import accepts_position_ids, new_cache, select_cache_rows
 from .bridge import TextBridge, advance_texts
 from .pairs import WeakPair
 from .processor import check_shared_vocabulary, rows_look_padded
+from .row_processors import check_processors, processors_for_rows
 from .samplers import Chunk, ChunkSampler
 from .strategy import SearchOutput, Strategy, TextSearchOutput
 
@@ -448,6 +449,9 @@ class _Search:
         self.max_new = max(config.max_length - self.prompt_len, 0)
         self.chunk = strategy.chunk_length or self.max_new or 1
         self.uses_position_ids = accepts_position_ids(model)
+        # generate's rows per prompt, for which its processors were prepared.
+        self.expand = max(config.num_beams, config.num_return_sequences)
+        check_processors(processors, type(strategy).__name__)
         default_weak_prompts = self._default_weak_prompts()  # also hands the prompts to the bridge
         self.weak_prompts = weak_prompts if weak_prompts is not None else default_weak_prompts
         self.trace: list[RoundTrace] = []
@@ -460,6 +464,33 @@ class _Search:
             for ids, mask in zip(self.prompt_ids.tolist(), self.prompt_mask.tolist())
         ]
         return rows if self.bridge is None else self.bridge.start(rows)
+
+    @staticmethod
+    def _slots(owners: list[int], per_prompt: int, batch: int) -> torch.Tensor | None:
+        """Each row's fixed sampling slot (``None`` when the rows fill all ``batch * per_prompt``).
+
+        Rows of prompt ``b`` take slots ``b * per_prompt, ...``; every step draws for all slots, so
+        the random stream of a slot never depends on how many rows other prompts still hold (with
+        ``W = K = 1`` it is plain sampling's, row for row, also after some rows have finished).
+        """
+        if len(owners) == batch * per_prompt:
+            return None  # rows are prompt-major and full: slot i is row i
+        taken: dict[int, int] = {}
+        slots = []
+        for b in owners:
+            slots.append(b * per_prompt + taken.get(b, 0))
+            taken[b] = taken.get(b, 0) + 1
+        return torch.tensor(slots, dtype=torch.long)
+
+    @staticmethod
+    def _draw(probs: torch.Tensor, slot_of_row: torch.Tensor | None, slots: int) -> torch.Tensor:
+        """``[R, V] -> [R]`` one sampled token per row, drawn in the rows' fixed slots."""
+        if slot_of_row is None:
+            return torch.multinomial(probs, num_samples=1).squeeze(1)
+        # Empty slots draw from any distribution: only their share of the random stream matters.
+        full = probs.new_ones((slots, probs.shape[-1]))
+        full[slot_of_row] = probs
+        return torch.multinomial(full, num_samples=1).squeeze(1)[slot_of_row]
 
     def _forward(self, ids: torch.Tensor, cache) -> torch.Tensor:
         """``[R, T] -> [R, V]`` next-token logits after feeding ``ids`` (the mask already covers them)."""
@@ -486,28 +517,38 @@ class _Search:
         weak_rows = [[] for _ in range(first.numel())] if self.bridge is not None else None
         pools = [_Pool() for _ in range(self.batch)]
         resp_len = torch.zeros(first.numel(), dtype=torch.long, device=device)
+        owners = first.tolist()  # host copy of prompt_of_row
         generated = 0
         round_index = 0
         while True:
-            # 1. Sample one chunk of L tokens for every live row from the large model.
+            # 1. Sample one chunk of L tokens for every live row from the large model, with
+            #    generate's processors told which prompt each row belongs to.
             steps = min(self.chunk, self.max_new - generated)
             rows = seqs.shape[0]
+            processors = processors_for_rows(self.processors, owners, self.batch, self.expand)
+            slot_of_row = self._slots(owners, W * K, self.batch)
+            if slot_of_row is not None:
+                slot_of_row = slot_of_row.to(device)
             unfinished = torch.ones(rows, dtype=torch.bool, device=device)
             lengths = torch.zeros(rows, dtype=torch.long, device=device)
+            taken = 0
             for step in range(steps):
-                scores = self.processors(seqs, logits)
+                scores = processors(seqs, logits)
                 probs = torch.softmax(scores, dim=-1)
-                tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+                tokens = self._draw(probs, slot_of_row, self.batch * W * K)
                 tokens = torch.where(unfinished, tokens, torch.full_like(tokens, self.pad))
                 seqs = torch.cat([seqs, tokens[:, None]], dim=-1)
                 self.mask = torch.cat([self.mask, unfinished[:, None].long()], dim=-1)
                 lengths += unfinished.long()
                 unfinished = unfinished & ~self.stopping(seqs, scores)
-                if step + 1 < steps and bool(unfinished.any()):
-                    logits = self._forward(tokens[:, None], cache)
+                taken += 1
+                # Like generate: no more draws (nor forwards) once every row has finished.
+                if step + 1 == steps or not bool(unfinished.any()):
+                    break
+                logits = self._forward(tokens[:, None], cache)
             generated += steps
             resp_len = resp_len + lengths
-            chunk = seqs[:, -steps:] if steps else seqs[:, :0]
+            chunk = seqs[:, -taken:] if taken else seqs[:, :0]
             finished = ~unfinished | (generated >= self.max_new)
             # 2. Score every candidate by the pair's log-ratio of its whole response so far.
             if self.bridge is None:
@@ -556,6 +597,7 @@ class _Search:
             )
             logits = self._forward(seqs[:, -1:], cache)
             expand = torch.arange(live.numel(), device=device).repeat_interleave(K)
+            owners = [owners[r] for r in keep_rows for _ in range(K)]
             select_cache_rows(cache, expand)
             seqs, self.mask, prompt_of_row = seqs[expand], self.mask[expand], prompt_of_row[expand]
             logits, resp_len = logits[expand], resp_len[expand]
