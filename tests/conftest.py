@@ -85,6 +85,15 @@ def make_model(family: str, vocab: int, seed: int, width: int = 32, layers: int 
     return model.eval()
 
 
+def make_model_for(tokenizer, family: str, seed: int, **kwargs):
+    """A tiny random model over ``tokenizer``'s vocabulary, generating with its special ids."""
+    model = make_model(family, len(tokenizer), seed, **kwargs)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
 FAMILIES = ["gpt2", "llama"]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import make_model_for as model_for
 from tokenizer_zoo import TOKENIZERS
 
 import w2s_generate as w2s
@@ -23,16 +23,6 @@ COMBINATIONS = [
     ("word", "gpt2"),
     ("gpt2", "word"),
 ]
-
-
-def model_for(tokenizer, family: str, seed: int, **kwargs):
-    """A tiny random model over ``tokenizer``'s vocabulary, with its special ids."""
-    model = make_model(family, len(tokenizer), seed, **kwargs)
-    eos = tokenizer.eos_token_id
-    model.generation_config.eos_token_id = eos
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    return model
 
 
 def pair_for(tokenizer, family: str = "llama") -> w2s.WeakPair:
@@ -127,6 +117,7 @@ def test_text_fed_character_by_character_scores_exactly(weak_name):
     out = cbs.run(PROMPTS, sampler=sampler, max_new_tokens=40, num_return_sequences=3, return_trace=True)
     owners = [p for p in PROMPTS for _ in range(3)]
     torch.testing.assert_close(out.log_ratios, pair.score(owners, out.texts), atol=2e-4, rtol=2e-4)
+    assert torch.equal(out.sequences_scores, out.log_ratios)
     for round_trace in out.trace:  # every candidate of every round, not only the returned ones
         prompts = [PROMPTS[int(b)] for b in round_trace.prompt_index]
         torch.testing.assert_close(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
+from conftest import make_model, make_model_for, make_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import next_logprobs
+from tokenizer_zoo import gpt2_style
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import w2s_generate as w2s
@@ -207,3 +208,32 @@ def test_property_guided_generate_matches_closed_form(tokenizer, family, seed, l
         logits_processor=LogitsProcessorList([w2s.WeakToStrongLogitsProcessor(pair, beta), check]),
     )
     assert check.calls >= 1
+
+
+def guided_greedy(strong, pair, beta: float, ids: list[int], steps: int) -> list[int]:
+    """Guided greedy decoding from scratch: argmax of the closed form at every step."""
+    ids = list(ids)
+    tuned, untuned = pair.sides[0].model, pair.sides[1].model
+    for _ in range(steps):
+        guided = next_logprobs(strong, ids) + beta * (next_logprobs(tuned, ids) - next_logprobs(untuned, ids))
+        ids.append(int(guided.argmax()))
+    return ids
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_prompt_starting_with_the_padding_id_is_scored_whole(family):
+    """GPT-2 pads with EOS; generate passes no mask for an unpadded prompt, so the leading
+    <|endoftext|> is a real token the pair must read, not padding to strip."""
+    tok = gpt2_style()
+    strong = make_model_for(tok, family, 50, width=48)
+    pair = w2s.WeakPair(make_model_for(tok, family, 51), make_model_for(tok, family, 52), tok)
+    ids = [tok.eos_token_id] + tok("the film was")["input_ids"]
+    out = strong.generate(
+        input_ids=torch.tensor([ids]),
+        custom_generate=w2s.TokenGuidance(pair, 3.0),
+        do_sample=False,
+        max_new_tokens=8,
+    )
+    assert out[0].tolist() == guided_greedy(strong, pair, 3.0, ids, 8)
+    stripped = guided_greedy(strong, pair, 3.0, ids[1:], 8)
+    assert out[0, 1:].tolist() != stripped, "the case must tell the two prompts apart"

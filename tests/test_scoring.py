@@ -196,3 +196,49 @@ def test_a_word_retokenized_twice_is_scored_once(tokenizer, family):
     torch.testing.assert_close(
         state.scores, torch.tensor([naive_objective(pair, prompt[0], [70])]), atol=1e-4, rtol=1e-4
     )
+
+
+def sliding_window_pair(tokenizer, window: int) -> w2s.WeakPair:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    def model(seed):
+        torch.manual_seed(seed)
+        config = MistralConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            sliding_window=window,
+            pad_token_id=0,
+        )
+        return MistralForCausalLM(config).eval()
+
+    return w2s.WeakPair(model(1), model(2), tokenizer)
+
+
+def test_sliding_window_models_are_exact_or_refused(tokenizer):
+    pair = sliding_window_pair(tokenizer, window=4)
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12]]  # the second row is left-padded: no gap inside it
+    responses = [[20, 21, 22, 23, 24, 25, 26], [30, 31, 32, 33, 34, 35, 36]]
+    state = pair.start(prompts)
+    for start in range(0, 7, 2):  # equal lengths: no gaps, exact far past the window
+        state.extend(torch.tensor([r[start : start + 2] for r in responses]))
+    want = torch.tensor([naive_objective(pair, p, r) for p, r in zip(prompts, responses)])
+    torch.testing.assert_close(state.scores, want, atol=1e-4, rtol=1e-4)
+    # A gap (the second row grows by one token of two), then a forward spanning past the window.
+    state = pair.start(prompts)
+    state.extend(torch.tensor([[20, 21], [30, 0]]), torch.tensor([2, 1]))
+    with pytest.raises(ValueError, match=r"sliding-window attention \(window 4\).*spans 8 cache positions"):
+        state.extend(torch.tensor([[22, 23, 24, 25], [31, 32, 33, 34]]))
+
+
+def test_sliding_window_gaps_inside_one_window_are_exact(tokenizer):
+    pair = sliding_window_pair(tokenizer, window=16)
+    state = pair.start([[5, 6]])
+    state.extend(torch.tensor([[20, 21, 22]]))
+    state.replace_tail(torch.tensor([2]), torch.tensor([[23, 24]]))
+    torch.testing.assert_close(
+        state.scores, torch.tensor([naive_objective(pair, [5, 6], [20, 23, 24])]), atol=1e-4, rtol=1e-4
+    )

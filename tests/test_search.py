@@ -88,6 +88,7 @@ def test_returned_scores_equal_fresh_scoring_and_best_of_pool(strong, pair, toke
     responses = responses_of(out.sequences, width, tokenizer.pad_token_id)
     prompts = [p for p in PROMPTS for _ in range(3)]
     torch.testing.assert_close(out.log_ratios, pair.score(prompts, responses), atol=1e-4, rtol=1e-4)
+    assert torch.equal(out.sequences_scores, out.log_ratios)  # transformers' name for them
     # Sorted best first per prompt, and the best beats every candidate kept in the last round.
     scores = out.log_ratios.view(2, 3)
     assert (scores[:, :-1] >= scores[:, 1:]).all()

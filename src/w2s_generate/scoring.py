@@ -67,6 +67,7 @@ class _Group:
     uses_position_ids: bool
     keeps_logits: bool
     max_positions: int | None
+    sliding_window: int | None = None
     cache: object = None
     mask: torch.Tensor | None = None  # [S_g*N, T] 1 for tokens the rows attend to
     ids: torch.Tensor | None = None  # [S_g*N, T] every token fed so far (to re-feed one after a retraction)
@@ -85,6 +86,18 @@ def _max_positions(model: torch.nn.Module) -> int | None:
     if getattr(config, "model_type", "") in {"gpt2", "gpt_neo", "opt", "gptj", "bloom", "codegen"}:
         return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     return None
+
+
+def _sliding_window(model: torch.nn.Module) -> int | None:
+    """The attention window of a sliding-window model (Mistral, Qwen2 with it on, Gemma 2/3), else None."""
+    config = _base_model(model).config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not window or not getattr(config, "use_sliding_window", True):
+        return None
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
 
 
 def _left_pad(
@@ -169,6 +182,7 @@ class GuidanceState:
                     uses_position_ids=accepts_position_ids(_base_model(side.model)),
                     keeps_logits=accepts_logits_to_keep(_base_model(side.model)),
                     max_positions=_max_positions(side.model),
+                    sliding_window=_sliding_window(side.model),
                 )
                 by_model[id(side.model)] = group
                 state.groups.append(group)
@@ -368,9 +382,33 @@ class GuidanceState:
                 "max_new_tokens."
             )
 
+    @staticmethod
+    def _check_window(group: _Group, mask: torch.Tensor) -> None:
+        """Refuse a sliding-window forward whose window would span masked gaps in a row.
+
+        The window counts cache positions, so masked gaps (retracted tokens, padding of rows that
+        grew by fewer tokens) would leave fewer real tokens in it than the model attends to. Rows
+        whose tokens all fit in one window are exact whatever their gaps.
+        """
+        attended = mask.bool()
+        started = attended.long().cummax(-1).values.bool()
+        still_to_come = attended.flip(-1).long().cummax(-1).values.flip(-1).bool()
+        gaps = (started & still_to_come & ~attended).any(-1)
+        span = mask.shape[1] - attended.long().argmax(-1)
+        if bool((gaps & (span > group.sliding_window)).any()):
+            name = type(_base_model(group.model)).__name__
+            raise ValueError(
+                f"The weak model ({name}) uses sliding-window attention (window {group.sliding_window}) and a row "
+                f"now spans {int(span[gaps].max())} cache positions with masked gaps (from re-tokenized text across "
+                "tokenizers, or rows that grew by different numbers of tokens): its scores would be wrong. Use a "
+                "weak pair without sliding-window attention, or keep prompt + response within the window."
+            )
+
     def _forward(self, group: _Group, ids: torch.Tensor, mask: torch.Tensor, last_only: bool) -> torch.Tensor:
         """One forward of a group's stacked rows from its cache: returns logits ``[R, T, V]``."""
         width = ids.shape[1]
+        if group.sliding_window is not None:
+            self._check_window(group, mask)
         kwargs: dict = {
             "input_ids": ids,
             "attention_mask": mask,

@@ -276,7 +276,8 @@ class ChunkBeamSearch(Strategy):
             for score, text in hyps[:num_return_sequences]:
                 out_texts.append(text)
                 out_scores.append(score)
-        return TextSearchOutput(texts=out_texts, log_ratios=torch.tensor(out_scores), trace=trace or None)
+        scores = torch.tensor(out_scores)
+        return TextSearchOutput(texts=out_texts, log_ratios=scores, sequences_scores=scores, trace=trace or None)
 
     def _check_call(self, model, config: GenerationConfig) -> None:
         if getattr(model.config, "is_encoder_decoder", False):
@@ -656,8 +657,10 @@ class _Search:
             rest = rows[0][self.prompt_len + self.streamed :]
             if rest:
                 self.streamer.put(torch.tensor(rest))
+        log_ratios = torch.tensor(scores)
         return SearchOutput(
             sequences=sequences.to(self.prompt_ids.device),
-            log_ratios=torch.tensor(scores),
+            log_ratios=log_ratios,
+            sequences_scores=log_ratios,
             trace=self.trace or None,
         )

@@ -18,6 +18,7 @@ class SearchOutput(ModelOutput):
     Attributes:
         sequences: ``[B * num_return_sequences, T]`` prompt + response ids, right-padded.
         log_ratios: ``[B * num_return_sequences]`` the pair's objective of each returned response.
+        sequences_scores: the same scores under the name transformers' beam search gives them.
         trace: with ``return_trace=True``, one :class:`w2s_generate.search.RoundTrace` per round.
 
     Example:
@@ -25,10 +26,13 @@ class SearchOutput(ModelOutput):
         ...                      num_return_sequences=2, return_dict_in_generate=True)
         >>> out.sequences.shape[0], out.log_ratios.shape   # 2 prompts x 2 returned, best first
         (4, torch.Size([4]))
+        >>> torch.equal(out.sequences_scores, out.log_ratios)
+        True
     """
 
     sequences: torch.LongTensor | None = None
     log_ratios: torch.FloatTensor | None = None
+    sequences_scores: torch.FloatTensor | None = None
     trace: list | None = None
 
 
@@ -39,6 +43,7 @@ class TextSearchOutput(ModelOutput):
     Attributes:
         texts: ``B * num_return_sequences`` responses, best first per prompt.
         log_ratios: the pair's objective of each response.
+        sequences_scores: the same scores under the name transformers' beam search gives them.
         trace: with ``return_trace=True``, one :class:`w2s_generate.search.RoundTrace` per round
             (its ``responses`` are texts).
 
@@ -53,6 +58,7 @@ class TextSearchOutput(ModelOutput):
 
     texts: list[str] | None = None
     log_ratios: torch.FloatTensor | None = None
+    sequences_scores: torch.FloatTensor | None = None
     trace: list | None = None
 
 
