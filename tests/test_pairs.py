@@ -174,3 +174,33 @@ def test_wrong_tokenizer_and_missing_folder(tmp_path, family, tokenizer):
         w2s.WeakPair(make_model(family, 1024, 1), make_model(family, 1024, 2), tiny_tok)
     with pytest.raises(FileNotFoundError, match="No such folder"):
         w2s.WeakPair.from_pretrained(tmp_path / "nope", tmp_path / "nope2")
+
+
+def test_pairs_sharing_one_peft_model_can_score_from_two_threads(family, tokenizer):
+    """peft routes adapter_names through hooks on shared modules: mixed-adapter forwards of one
+    model are serialized, so two pairs on it never mix their adapters."""
+    import threading
+
+    peft_model = lora(family, tokenizer)
+    torch.manual_seed(99)
+    peft_model.add_adapter(
+        "other", LoraConfig(r=4, target_modules=["q_proj", "v_proj", "c_attn"], init_lora_weights=False)
+    )
+    pairs = [w2s.WeakPair.from_peft(peft_model, tokenizer, name) for name in ("default", "other")]
+    prompts, responses = PROMPTS * 4, RESPONSES * 4
+    want = [pair.score(prompts, responses) for pair in pairs]
+    assert not torch.allclose(want[0], want[1])
+    wrong: list[str] = []
+
+    def score_many(index: int) -> None:
+        for _ in range(25):
+            got = pairs[index].score(prompts, responses)
+            if not torch.allclose(got, want[index], atol=1e-5, rtol=1e-5):
+                wrong.append(f"pair {index}: {got.tolist()} != {want[index].tolist()}")
+
+    threads = [threading.Thread(target=score_many, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not wrong, wrong[:2]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -81,14 +83,33 @@ def _remove_leftover_adapter_hooks(model: torch.nn.Module) -> int:
     return removed
 
 
+_FORWARD_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_FORWARD_LOCKS_GUARD = threading.Lock()
+
+
+def _forward_lock(model: torch.nn.Module) -> threading.RLock:
+    with _FORWARD_LOCKS_GUARD:
+        lock = _FORWARD_LOCKS.get(model)
+        if lock is None:
+            lock = _FORWARD_LOCKS[model] = threading.RLock()
+        return lock
+
+
 @contextlib.contextmanager
 def guarded_mixed_adapter_forward(model: torch.nn.Module) -> Iterator[None]:
-    """Run a forward with ``adapter_names=`` and leave no peft hooks behind if it raises."""
-    try:
-        yield
-    except BaseException:
-        _remove_leftover_adapter_hooks(model)
-        raise
+    """Run a forward with ``adapter_names=``: one at a time per model, no peft hooks left if it raises.
+
+    peft passes ``adapter_names`` to the LoRA layers through pre-forward hooks registered on the
+    model's shared modules for the length of the forward (peft 0.21), so two such forwards of one
+    model from two threads would read each other's adapter lists. Can go once peft passes them
+    another way.
+    """
+    with _forward_lock(model):
+        try:
+            yield
+        except BaseException:
+            _remove_leftover_adapter_hooks(model)
+            raise
 
 
 #: The processors generate appends after a user's ``logits_processor=`` entries (transformers

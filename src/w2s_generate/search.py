@@ -277,7 +277,9 @@ class ChunkBeamSearch(Strategy):
                 out_texts.append(text)
                 out_scores.append(score)
         scores = torch.tensor(out_scores)
-        return TextSearchOutput(texts=out_texts, log_ratios=scores, sequences_scores=scores, trace=trace or None)
+        return TextSearchOutput(
+            texts=out_texts, log_ratios=scores, sequences_scores=scores, trace=trace or None
+        )
 
     def _check_call(self, model, config: GenerationConfig) -> None:
         if getattr(model.config, "is_encoder_decoder", False):
