@@ -73,7 +73,9 @@ class ChunkBeamSearch(Strategy):
 
     Use it with plain transformers (``custom_generate=``) or after :func:`w2s_generate.enable`
     (``strategy=``). Pass ``do_sample=True`` and the usual sampling settings; ``max_new_tokens``
-    bounds the response. ``num_return_sequences <= beam_width`` returns the best ones (the best is
+    bounds the response. generate's processors (repetition penalty, bad words, minimum length,
+    ``prefix_allowed_tokens_fn``, ...) apply to every candidate as in plain sampling, each row
+    mapped to its prompt; those tied to generate's own row layout are refused by name. ``num_return_sequences <= beam_width`` returns the best ones (the best is
     repeated when fewer distinct hypotheses exist);
     ``return_dict_in_generate=True`` returns a :class:`SearchOutput` with each sequence's log-ratio,
     and ``return_trace=True`` adds the per-round trace.
