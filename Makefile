@@ -33,8 +33,8 @@ test-min:
 	$(MIN_VENV)/bin/python -m pytest -q -x -p no:cacheprovider -m "not slow" tests/test_scoring.py tests/test_processor.py tests/test_search.py tests/test_pairs.py tests/test_combined.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
-	$(BIN)/ruff format --check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks hub
+	$(BIN)/ruff format --check src tests examples benchmarks hub
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
