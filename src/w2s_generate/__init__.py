@@ -5,16 +5,65 @@ Steer a frozen large language model at decoding time with a small tuned/untuned 
 all usable through ``model.generate``.
 """
 
-from . import scoring
-from .combined import GuidanceEnsemble, PromptPair
-from .explain import explain, explanation_pair
-from .generate import TokenGuidance, W2SGenerationMixin, disable, enable
-from .pairs import WeakPair
-from .processor import WeakToStrongLogitsProcessor
-from .samplers import Chunk, ChunkSampler, CompletionsSampler, RemoteSamplerError
-from .scoring import GuidanceState, Side
-from .search import BestOfN, ChunkBeamSearch, RoundTrace
-from .strategy import SearchOutput, Strategy, TextSearchOutput
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the names below load on first use, so `w2s-generate --help` starts without torch
+    from . import scoring
+    from .combined import GuidanceEnsemble, PromptPair
+    from .explanations import explain, explanation_pair
+    from .generate import TokenGuidance, W2SGenerationMixin, disable, enable
+    from .pairs import WeakPair
+    from .processor import WeakToStrongLogitsProcessor
+    from .samplers import Chunk, ChunkSampler, CompletionsSampler, RemoteSamplerError
+    from .scoring import GuidanceState, Side
+    from .search import BestOfN, ChunkBeamSearch, RoundTrace
+    from .strategy import SearchOutput, Strategy, TextSearchOutput
+
+#: public name -> the module that defines it
+_HOMES = {
+    "GuidanceEnsemble": "combined",
+    "PromptPair": "combined",
+    "explain": "explanations",
+    "explanation_pair": "explanations",
+    "TokenGuidance": "generate",
+    "W2SGenerationMixin": "generate",
+    "disable": "generate",
+    "enable": "generate",
+    "WeakPair": "pairs",
+    "WeakToStrongLogitsProcessor": "processor",
+    "Chunk": "samplers",
+    "ChunkSampler": "samplers",
+    "CompletionsSampler": "samplers",
+    "RemoteSamplerError": "samplers",
+    "GuidanceState": "scoring",
+    "Side": "scoring",
+    "BestOfN": "search",
+    "ChunkBeamSearch": "search",
+    "RoundTrace": "search",
+    "SearchOutput": "strategy",
+    "Strategy": "strategy",
+    "TextSearchOutput": "strategy",
+}
+
+
+def __getattr__(name: str):
+    """Load a public name's module on first use (PEP 562)."""
+    if name == "scoring":
+        value = importlib.import_module(".scoring", __name__)
+    elif name in _HOMES:
+        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 __all__ = [

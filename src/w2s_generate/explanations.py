@@ -55,7 +55,7 @@ def explain(
     ``instruction`` is formatted with ``{prompt}`` and sent through the tokenizer's chat template
     when it has one. Decoding is greedy unless ``generate_kwargs`` say otherwise.
 
-    Example:
+    Examples:
         >>> explain(model, tokenizer, ["Write a haiku about rain."], max_new_tokens=16)
         ['...']
     """
@@ -94,9 +94,9 @@ def explanation_pair(
         small_tokenizer: its tokenizer.
         prompts: the prompts the pair will score (as given to the search as ``weak_prompts``, or the
             large model's prompt text).
-        explanations: one explanation per prompt, e.g. from :func:`explain`.
+        explanations: one explanation per prompt, e.g. from [`explain`][w2s_generate.explain].
 
-    Example:
+    Examples:
         >>> notes = explain(model, tok, prompts, max_new_tokens=16)
         >>> pair = explanation_pair(small, small_tok, prompts, notes)
         >>> inputs = tok(prompts, return_tensors="pt", padding=True)
