@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -313,6 +317,10 @@ def test_checks_that_need_no_model(tmp_path, capsys):
     assert "cannot read --prompts" in capsys.readouterr().err
     assert cli.main(base + ["--prompt", "x", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert cli.main(base + ["--prompt", "x", "--out", str(blocked / "results.jsonl")]) == 2
+    assert f"cannot write --out {blocked / 'results.jsonl'}" in capsys.readouterr().err  # before any load
 
 
 def test_several_adapters_make_one_ensemble(models, tmp_path):
@@ -365,3 +373,96 @@ def test_several_adapters_make_one_ensemble(models, tmp_path):
     assert isinstance(result["log_ratio"], float)
     with pytest.raises(SystemExit):
         cli.main(args[:-1] + ["--weights", "1"] + ["--no-progress"])
+
+
+def run_cli(*args: str, timeout: float = 120, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "w2s_generate.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
+
+
+def test_help_starts_without_torch_or_transformers():
+    """--help answers at once: the heavy libraries load only when a command runs."""
+    script = (
+        "import sys\n"
+        "from w2s_generate import cli\n"
+        "for argv in (['--help'], ['generate', '--help'], ['demo', '--help']):\n"
+        "    try:\n"
+        "        cli.main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = sorted({'torch', 'transformers', 'peft'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage: w2s-generate" in result.stdout
+
+
+def test_ctrl_c_says_one_line_and_a_rerun_resumes(models, tmp_path):
+    prompts = tmp_path / "many.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"the film was {i}"}) + "\n" for i in range(200)))
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", "--model", str(models["strong"]), *pair_args(models), "--method", "bon", "--n", "2"]
+    argv += ["--max-new-tokens", "3", "--prompts", str(prompts), "--out", str(out), "--no-progress"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "w2s_generate.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while (not out.exists() or out.read_text().count("\n") < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"w2s-generate: interrupted; {out} holds every result finished so far, and a rerun resumes after them"
+    ]
+    done = [json.loads(line) for line in out.read_text().splitlines()]  # every line is whole
+    assert 2 <= len(done) < 200
+    resumed = run_cli(*argv, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == list(range(1, 201))
+
+
+def test_library_warnings_are_quiet_unless_verbose(tmp_path):
+    script = (
+        "import sys, warnings, dataclasses\n"
+        "from w2s_generate import cli\n"
+        "from w2s_generate._compat import W2SWarning\n"
+        "def noisy(args):\n"
+        "    from transformers.utils import logging\n"
+        "    warnings.warn('library noise', FutureWarning)\n"
+        "    logging.get_logger('transformers.modeling_utils').warning('library log line')\n"
+        "    warnings.warn('our own warning', W2SWarning)\n"
+        "    return 0\n"
+        "cli.COMMANDS['demo'] = dataclasses.replace(cli.COMMANDS['demo'], run=noisy)\n"
+        "sys.exit(cli.main(['demo'] + sys.argv[1:]))\n"
+    )
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    loud = subprocess.run([sys.executable, "-c", script, "--verbose"], capture_output=True, text=True)
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "library noise" not in quiet.stderr and "library log line" not in quiet.stderr
+    assert "our own warning" in quiet.stderr
+    assert "library noise" in loud.stderr and "library log line" in loud.stderr
+
+
+def test_load_errors_hint_at_their_cause(models, tmp_path, capsys):
+    out = str(tmp_path / "o.jsonl")
+    base = ["generate", "--method", "cbs", "--prompt", "x", "--out", out, "--no-progress"]
+    assert cli.main(base + ["--model", str(tmp_path / "nowhere"), *pair_args(models)]) == 2
+    err = capsys.readouterr().err
+    assert "no such file or folder" in err and "nowhere" in err and "safetensors" not in err
+    assert cli.main(base + ["--model", str(models["strong"]), "--adapter", "./missing-adapter"]) == 2
+    err = capsys.readouterr().err
+    assert "--adapter ./missing-adapter: no such file or folder" in err and "safetensors" not in err
+    assert cli.main(base + ["--model", str(models["pickled"]), *pair_args(models)]) == 2
+    assert "safetensors" in capsys.readouterr().err  # the hint where it is the cause

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,38 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         parser.print_help(sys.stderr)
         return 2
-    return command.run(args)
+    try:
+        with _library_messages(verbose=getattr(args, "verbose", False)):
+            return command.run(args)
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        kept = f"; {out} holds every result finished so far, and a rerun resumes after them" if out else ""
+        print(f"{PROG}: interrupted{kept}", file=sys.stderr)
+        return 130
+
+
+@contextlib.contextmanager
+def _library_messages(verbose: bool) -> Iterator[None]:
+    """transformers' logs below errors and the libraries' warnings hidden, unless ``verbose``.
+
+    Our own warnings (``W2SWarning``) always show: they are about the user's data or settings.
+    """
+    if verbose:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    from ._compat import W2SWarning
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("default", W2SWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 # --------------------------------------------------------------------------- `generate`
@@ -214,6 +246,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         help="prompts per generate call (default 1)",
     )
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
+    io.add_argument("--verbose", action="store_true", help="show transformers' and peft's warnings and logs")
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument(
@@ -475,10 +508,27 @@ def _check_weights_format(path: str, allow_pickle: bool, flag: str) -> None:
         )
 
 
+def _check_exists(path: str | None, flag: str) -> None:
+    """Refuse a local path that does not exist (a hub id like ``org/name`` is left to the loader)."""
+    if path is None or Path(path).exists():
+        return
+    if Path(path).is_absolute() or path.startswith((".", "~")) or len(Path(path).parts) > 2:
+        raise LoadError(f"{flag} {path}: no such file or folder (and it is not a hub id like org/name).")
+
+
+def _load_hint(error: Exception, allow_pickle: bool) -> str:
+    """The safetensors hint, only where the loader found no safetensors weights."""
+    if not allow_pickle and "safetensors" in str(error):
+        return " (only safetensors weights load unless --allow-pickle is given)"
+    return ""
+
+
 def load_strong(args: argparse.Namespace):
     """The large model (eval mode) and its tokenizer, set up for left-padded batches."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _check_exists(args.model, "--model")
+    _check_exists(args.tokenizer, "--tokenizer")
     _check_weights_format(args.model, args.allow_pickle, "--model")
     kwargs: dict[str, Any] = {
         "use_safetensors": True if not args.allow_pickle else None,
@@ -490,7 +540,7 @@ def load_strong(args: argparse.Namespace):
     try:
         model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
     except (OSError, ValueError) as error:
-        hint = "" if args.allow_pickle else " (only safetensors weights load unless --allow-pickle is given)"
+        hint = _load_hint(error, args.allow_pickle)
         raise LoadError(f"could not load --model {args.model}{hint}: {error}") from error
     source = args.tokenizer or args.model
     try:
@@ -518,6 +568,7 @@ def load_pair(args: argparse.Namespace):
     if args.adapter is not None:
         what = "--adapter " + " --adapter ".join(args.adapter)
         for adapter in args.adapter:
+            _check_exists(adapter, "--adapter")
             _check_weights_format(adapter, args.allow_pickle, "--adapter")
         if len(args.adapter) == 1 and args.weights is None:
             load = lambda: WeakPair.from_pretrained(args.adapter[0], **kwargs)  # noqa: E731
@@ -527,13 +578,14 @@ def load_pair(args: argparse.Namespace):
             load = lambda: GuidanceEnsemble.from_adapters(args.adapter, args.weights, **kwargs)  # noqa: E731
     else:
         what = f"--tuned {args.tuned} --untuned {args.untuned}"
-        _check_weights_format(args.tuned, args.allow_pickle, "--tuned")
-        _check_weights_format(args.untuned, args.allow_pickle, "--untuned")
+        for flag, path in (("--tuned", args.tuned), ("--untuned", args.untuned)):
+            _check_exists(path, flag)
+            _check_weights_format(path, args.allow_pickle, flag)
         load = lambda: WeakPair.from_pretrained(args.tuned, args.untuned, **kwargs)  # noqa: E731
     try:
         pair = load()
     except (OSError, ValueError) as error:
-        hint = "" if args.allow_pickle else " (only safetensors weights load unless --allow-pickle is given)"
+        hint = _load_hint(error, args.allow_pickle)
         raise LoadError(f"could not load the weak pair {what}{hint}: {error}") from error
     _check_tokenizer_size(pair.tokenizer, pair.vocab_rows, args.weak_tokenizer or what, "--weak-tokenizer")
     return pair
@@ -877,6 +929,13 @@ def run_generate(args: argparse.Namespace) -> int:
         _report(f"nothing to do: all {len(records)} prompts already have a result in {out_path}")
         return 1 if bad else 0
 
+    try:  # before the models load: an unwritable --out is found at once
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        open(out_path, "a", encoding="utf-8").close()
+    except OSError as error:
+        _report(f"error: cannot write --out {out_path}: {error.strerror or error}")
+        return 2
+
     # 2. Load the models and encode the prompts (a prompt its model cannot take is a bad line).
     with _hub_progress_bars(not args.no_progress):
         try:
@@ -952,6 +1011,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default="w2s-demo", metavar="DIR", help="where the table and plot go")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show transformers' and peft's warnings and logs"
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
