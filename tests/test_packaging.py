@@ -31,7 +31,9 @@ def test_wheel_builds_passes_twine_check_installs_and_runs(tmp_path):
     shutil.copytree(
         ROOT,
         source,
-        ignore=shutil.ignore_patterns(".git", ".venv*", "site", "build", "dist", "*.egg-info", "__pycache__", ".*cache"),
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "site", "build", "dist", "*.egg-info", "__pycache__", ".*cache"
+        ),
     )
     dist = tmp_path / "dist"
     run(sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, source)
@@ -43,6 +45,8 @@ def test_wheel_builds_passes_twine_check_installs_and_runs(tmp_path):
     venv.EnvBuilder(with_pip=True).create(env_dir)
     bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")
     run(bin_dir / "python", "-m", "pip", "install", "-q", TORCH_PIN, wheels[0])
-    version = run(bin_dir / "python", "-c", "import w2s_generate as w2s; print(w2s.__version__, w2s.__file__)")
+    version = run(
+        bin_dir / "python", "-c", "import w2s_generate as w2s; print(w2s.__version__, w2s.__file__)"
+    )
     assert str(env_dir) in version  # the installed copy, not this checkout
     assert "usage: w2s-generate" in run(bin_dir / "w2s-generate", "--help")
