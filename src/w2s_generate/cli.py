@@ -1,10 +1,10 @@
 """The ``w2s-generate`` command line.
 
-Each subcommand is one :class:`Command` (a help line, a function that adds its arguments, a function
-that runs it) registered in :data:`COMMANDS`; adding a subcommand is one function pair plus one entry
+Each subcommand is one ``Command`` (a help line, a function that adds its arguments, a function
+that runs it) registered in ``COMMANDS``; adding a subcommand is one function pair plus one entry
 there. Heavy imports (torch, transformers) happen inside the run functions, so ``--help`` is instant.
 
-Example:
+Examples:
     w2s-generate generate --model path/to/strong --adapter path/to/weak-lora --method cbs \\
         --prompts prompts.jsonl --out results.jsonl
 """
@@ -39,7 +39,7 @@ class Command:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The program's parser with one sub-parser per entry of :data:`COMMANDS`."""
+    """The program's parser with one sub-parser per entry of ``COMMANDS``."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Weak-to-strong search: steer a large language model at decoding time with a small "
@@ -385,7 +385,7 @@ def _check_prompt(value: Any, field: str) -> str | list[dict[str, str]]:
 
 
 def parse_prompt_line(text: str, line: int) -> PromptRecord:
-    """One JSON line of a prompts file as a :class:`PromptRecord`; ValueError says what is wrong."""
+    """One JSON line of a prompts file as a ``PromptRecord``; ValueError says what is wrong."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

@@ -23,9 +23,9 @@ class PromptPair(WeakPair):
         model: a small causal LM.
         tokenizer: its tokenizer.
         condition: the conditioning text (a system prompt, a principle, a persona), or a function
-            returning one per prompt (see :func:`w2s_generate.explanation_pair`).
+            returning one per prompt (see [`w2s_generate.explanation_pair`][w2s_generate.explanation_pair]).
 
-    Example:
+    Examples:
         >>> pair = PromptPair(small_model, tokenizer, condition="Answer kindly.")
         >>> pair.score(["How do I fix this?"], [" Happy to help!"])
         tensor([...])
@@ -58,7 +58,7 @@ class GuidanceEnsemble(WeakPair):
         members: ``[(pair, weight), ...]``; all pairs must share one tokenizer.
         names: a name per member for traces; default ``pair0``, ``pair1``, ...
 
-    Example:
+    Examples:
         >>> ensemble = GuidanceEnsemble([(helpful, 1.0), (harmless, 0.5)], names=["helpful", "harmless"])
         >>> out = model.generate(**inputs, custom_generate=ChunkBeamSearch(ensemble), do_sample=True,
         ...                      max_new_tokens=10, return_dict_in_generate=True, return_trace=True)
@@ -117,7 +117,7 @@ class GuidanceEnsemble(WeakPair):
     ) -> GuidanceEnsemble:
         """Several LoRA adapters on one base, loaded once: an ensemble scored in one forward.
 
-        Example:
+        Examples:
             >>> both = GuidanceEnsemble.from_adapters(["helpful-lora", "harmless-lora"], [1.0, 0.5])
             >>> both.score(["the film was"], [" great"])
             tensor([...])

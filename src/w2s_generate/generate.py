@@ -1,4 +1,8 @@
-"""Entry points into ``model.generate``: ``strategy=`` after :func:`enable`, a mixin, token guidance."""
+"""Entry points into ``model.generate``: ``strategy=`` after ``enable``, a mixin, token guidance.
+
+See [`enable`][w2s_generate.enable], [`W2SGenerationMixin`][w2s_generate.W2SGenerationMixin] and
+[`TokenGuidance`][w2s_generate.TokenGuidance].
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ class TokenGuidance(Strategy):
         pair: a weak pair sharing the large model's vocabulary.
         beta: guidance strength.
 
-    Example:
+    Examples:
         >>> out = model.generate(**inputs, custom_generate=TokenGuidance(pair, beta=1.0), do_sample=True,
         ...                      max_new_tokens=10)
     """
@@ -109,7 +113,7 @@ def _generate_with_strategy(original, *args, strategy: Strategy | None = None, *
 def enable(model):
     """Let ``model.generate`` take ``strategy=`` (an instance-level wrapper; idempotent).
 
-    Example:
+    Examples:
         >>> import w2s_generate as w2s
         >>> model = w2s.enable(model)
         >>> out = model.generate(**inputs, strategy=w2s.BestOfN(pair, n=8), do_sample=True, max_new_tokens=10)
@@ -123,9 +127,9 @@ def enable(model):
 
 
 def disable(model):
-    """Undo :func:`enable`.
+    """Undo [`enable`][w2s_generate.enable].
 
-    Example:
+    Examples:
         >>> model = disable(enable(model))
         >>> "strategy" in str(type(model).generate.__doc__)   # the class's own generate is back
         False
@@ -138,9 +142,11 @@ def disable(model):
 
 
 class W2SGenerationMixin:
-    """Mixin for your own model classes: ``generate(strategy=...)`` without calling :func:`enable`.
+    """Mixin for your own model classes: ``generate(strategy=...)`` without calling ``enable``.
 
-    Example:
+    The class-level counterpart of [`enable`][w2s_generate.enable].
+
+    Examples:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> class MyLM(W2SGenerationMixin, LlamaForCausalLM): ...
         >>> mine = MyLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,

@@ -48,15 +48,15 @@ class WeakPair:
     """A tuned and an untuned small causal LM scoring ``log p_tuned(y|x) - log p_untuned(y|x)``.
 
     The two models share one tokenizer. Both are put in eval mode. For one base model with a LoRA
-    adapter switched on and off, use :meth:`from_peft`; to load from disk or the hub, use
-    :meth:`from_pretrained`.
+    adapter switched on and off, use [`from_peft`][w2s_generate.WeakPair.from_peft]; to load from disk
+    or the hub, use [`from_pretrained`][w2s_generate.WeakPair.from_pretrained].
 
     Args:
         tuned: the small model tuned toward the preferred behaviour.
         untuned: the same small model before tuning.
         tokenizer: the tokenizer both models use.
 
-    Example:
+    Examples:
         >>> pair = WeakPair(tuned_model, untuned_model, tokenizer)
         >>> pair.score(["Review:"], [" A wonderful film."])
         tensor([...])
@@ -134,7 +134,7 @@ class WeakPair:
             tokenizer: the base model's tokenizer.
             adapter_name: which adapter is the tuned side.
 
-        Example:
+        Examples:
             >>> from peft import LoraConfig, get_peft_model
             >>> peft_model = get_peft_model(base, LoraConfig(target_modules=["c_attn"]))
             >>> pair = WeakPair.from_peft(peft_model, tokenizer)
@@ -162,7 +162,7 @@ class WeakPair:
         """Load a pair from local paths or hub ids.
 
         A LoRA adapter directory (or hub repo) as ``tuned`` with ``untuned=None`` means "that adapter
-        on its base model": one base in memory, :meth:`from_peft` semantics.
+        on its base model": one base in memory, [`from_peft`][w2s_generate.WeakPair.from_peft] semantics.
 
         Args:
             tuned: the tuned checkpoint, or a peft adapter.
@@ -174,7 +174,7 @@ class WeakPair:
             trust_remote_code: run model code from the repository; off unless asked for.
             **model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
 
-        Example:
+        Examples:
             >>> pair = WeakPair.from_pretrained("lvwerra/gpt2-imdb", "gpt2")   # doctest: +SKIP
             >>> pair = WeakPair.from_pretrained("path/to/my-lora-adapter")     # doctest: +SKIP
         """
@@ -252,9 +252,11 @@ class WeakPair:
 
     # ------------------------------------------------------------------ scoring
     def start(self, prompts: Sequence[Prompt]) -> GuidanceState:
-        """Prefill the prompts once: a KV-cached :class:`GuidanceState` with one row per prompt.
+        """Prefill the prompts once: a KV-cached state with one row per prompt.
 
-        Example:
+        The state is a [`GuidanceState`][w2s_generate.GuidanceState].
+
+        Examples:
             >>> state = pair.start(["Review:"])
             >>> state.extend(torch.tensor([[218, 257]]))   # the log-ratio of the two tokens so far
             tensor([...])
@@ -272,7 +274,7 @@ class WeakPair:
     def score(self, prompts: Sequence[Prompt], responses: Sequence[Response]) -> torch.Tensor:
         """``log p_tuned(y|x) - log p_untuned(y|x)`` summed over each response's tokens: ``[B]`` floats.
 
-        Example:
+        Examples:
             >>> pair.score(["Review:", "Review:"], [" Great.", " Awful."])
             tensor([..., ...])
         """

@@ -4,7 +4,7 @@ Each round, every live beam of every prompt samples ``K`` chunks of ``L`` tokens
 (with its own logits processors, so temperature/top-k/top-p apply); each candidate is scored by the
 pair's log-ratio of the whole response so far; the best ``W`` distinct candidates per prompt survive.
 The large model's KV cache is prefilled once per prompt and re-indexed between rounds; the pair scores
-each chunk incrementally from its own cache (:class:`w2s_generate.scoring.GuidanceState`).
+each chunk incrementally from its own cache ([`GuidanceState`][w2s_generate.GuidanceState]).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class RoundTrace:
         component_scores: name -> ``[R]`` each pair's own score (one entry per pair of an ensemble):
             a strong model gaming one judge shows as one component rising while another falls.
 
-    Example:
+    Examples:
         >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=8,
         ...                      return_dict_in_generate=True, return_trace=True)
         >>> first = out.trace[0]   # 2 prompts x W=2 beams x K=2 successors, chunks of 4 tokens
@@ -71,14 +71,15 @@ class _Pool:
 class ChunkBeamSearch(Strategy):
     """Chunk-level beam search steered by a weak pair (Zhou et al., 2024, arXiv 2405.19262).
 
-    Use it with plain transformers (``custom_generate=``) or after :func:`w2s_generate.enable`
-    (``strategy=``). Pass ``do_sample=True`` and the usual sampling settings; ``max_new_tokens``
-    bounds the response. generate's processors (repetition penalty, bad words, minimum length,
-    ``prefix_allowed_tokens_fn``, ...) apply to every candidate as in plain sampling, each row
-    mapped to its prompt; those tied to generate's own row layout are refused by name. ``num_return_sequences <= beam_width`` returns the best ones (the best is
-    repeated when fewer distinct hypotheses exist);
-    ``return_dict_in_generate=True`` returns a :class:`SearchOutput` with each sequence's log-ratio,
-    and ``return_trace=True`` adds the per-round trace.
+    Use it with plain transformers (``custom_generate=``) or after
+    [`w2s_generate.enable`][w2s_generate.enable] (``strategy=``). Pass ``do_sample=True`` and the
+    usual sampling settings; ``max_new_tokens`` bounds the response. generate's processors
+    (repetition penalty, bad words, minimum length, ``prefix_allowed_tokens_fn``, ...) apply to every
+    candidate as in plain sampling, each row mapped to its prompt; those tied to generate's own row
+    layout are refused by name. ``num_return_sequences <= beam_width`` returns the best ones (the
+    best is repeated when fewer distinct hypotheses exist);
+    ``return_dict_in_generate=True`` returns a [`SearchOutput`][w2s_generate.SearchOutput] with each
+    sequence's log-ratio, and ``return_trace=True`` adds the per-round trace.
 
     Args:
         pair: the weak pair whose log-ratio scores candidates.
@@ -89,7 +90,7 @@ class ChunkBeamSearch(Strategy):
             bridged by decoding and re-encoding); when not given, the pair's tokenizer is taken to be
             the large model's, which is refused if the output tables differ by more than 1% of rows.
 
-    Example:
+    Examples:
         >>> cbs = ChunkBeamSearch(pair, beam_width=2, successors_per_beam=2, chunk_length=4)
         >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=16)
     """
@@ -195,14 +196,15 @@ class ChunkBeamSearch(Strategy):
 
         Args:
             prompts: the prompts exactly as the large model should see them (already templated).
-            sampler: where chunks come from, e.g. :class:`w2s_generate.CompletionsSampler`.
+            sampler: where chunks come from, e.g.
+                [`CompletionsSampler`][w2s_generate.CompletionsSampler].
             weak_prompts: the prompts as the pair should see them (text or chat messages);
                 default ``prompts``.
             max_new_tokens: token budget of each response (L per round).
             num_return_sequences: how many of the best hypotheses to return per prompt (<= W).
             return_trace: add the per-round trace.
 
-        Example:
+        Examples:
             >>> sampler = CompletionsSampler("http://127.0.0.1:8000/v1", "my-model")   # doctest: +SKIP
             >>> out = cbs.run(["The movie was"], sampler=sampler, max_new_tokens=50)  # doctest: +SKIP
             >>> out.texts[0], out.log_ratios[0]                                       # doctest: +SKIP
@@ -342,7 +344,7 @@ def _sample(sampler: ChunkSampler, prefixes: list[str], n: int, max_tokens: int)
 class BestOfN(ChunkBeamSearch):
     """Best of ``n`` whole samples by the pair's log-ratio: CBS with W=1, K=n and whole responses.
 
-    Example:
+    Examples:
         >>> bon = BestOfN(pair, n=16)
         >>> out = model.generate(**inputs, custom_generate=bon, do_sample=True, max_new_tokens=32)
     """

@@ -19,9 +19,9 @@ class SearchOutput(ModelOutput):
         sequences: ``[B * num_return_sequences, T]`` prompt + response ids, right-padded.
         log_ratios: ``[B * num_return_sequences]`` the pair's objective of each returned response.
         sequences_scores: the same scores under the name transformers' beam search gives them.
-        trace: with ``return_trace=True``, one :class:`w2s_generate.search.RoundTrace` per round.
+        trace: with ``return_trace=True``, one [`RoundTrace`][w2s_generate.RoundTrace] per round.
 
-    Example:
+    Examples:
         >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=8,
         ...                      num_return_sequences=2, return_dict_in_generate=True)
         >>> out.sequences.shape[0], out.log_ratios.shape   # 2 prompts x 2 returned, best first
@@ -38,16 +38,16 @@ class SearchOutput(ModelOutput):
 
 @dataclass
 class TextSearchOutput(ModelOutput):
-    """What :meth:`w2s_generate.ChunkBeamSearch.run` returns (a large model reached as text).
+    """What [`ChunkBeamSearch.run`][w2s_generate.ChunkBeamSearch.run] returns (a large model reached as text).
 
     Attributes:
         texts: ``B * num_return_sequences`` responses, best first per prompt.
         log_ratios: the pair's objective of each response.
         sequences_scores: the same scores under the name transformers' beam search gives them.
-        trace: with ``return_trace=True``, one :class:`w2s_generate.search.RoundTrace` per round
+        trace: with ``return_trace=True``, one [`RoundTrace`][w2s_generate.RoundTrace] per round
             (its ``responses`` are texts).
 
-    Example:
+    Examples:
         >>> class Canned:
         ...     def sample(self, prefixes, n, max_tokens):
         ...         return [[Chunk(" so good.", True)] * n for _ in prefixes]
@@ -66,10 +66,10 @@ class Strategy:
     """Base of the decoding strategies: a callable that ``model.generate`` runs.
 
     transformers drops ``streamer=``, ``tokenizer=`` and ``stop_strings`` for callable strategies;
-    :meth:`bind` attaches them (``model.generate(strategy=...)`` does it for you after
-    :func:`w2s_generate.enable`).
+    [`bind`][w2s_generate.Strategy.bind] attaches them (``model.generate(strategy=...)`` does it for you after
+    [`w2s_generate.enable`][w2s_generate.enable]).
 
-    Example:
+    Examples:
         >>> isinstance(cbs, Strategy), isinstance(TokenGuidance(pair), Strategy)
         (True, True)
     """
@@ -82,7 +82,7 @@ class Strategy:
     def bind(self, streamer=None, tokenizer=None, stop_strings: str | list[str] | None = None) -> Strategy:
         """A copy of this strategy that streams to ``streamer`` and stops at ``stop_strings``.
 
-        Example:
+        Examples:
             >>> from transformers import TextStreamer
             >>> one = tok("the film was", return_tensors="pt")   # a streamer takes one prompt
             >>> out = model.generate(**one, do_sample=True, max_new_tokens=8,

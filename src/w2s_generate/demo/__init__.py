@@ -1,8 +1,8 @@
 """An offline controlled-sentiment task for weak-to-strong search, trained in-repo.
 
-A synthetic review language (:mod:`.language`), gold metrics (:mod:`.reward`), and a strong
+A synthetic review language (``.language``), gold metrics (``.reward``), and a strong
 model, weak model and positive LoRA adapter trained in about two minutes on a CPU
-(:mod:`.train`). Typical use::
+(``.train``). Typical use::
 
     from w2s_generate.demo import load_demo_models, prompts, gold_reward
 

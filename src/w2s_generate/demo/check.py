@@ -90,7 +90,7 @@ def quick_check(models: DemoModels, n: int = 50, seed: int = 0, **sampling: floa
         models: The loaded demo models.
         n: Samples per model (one per prompt from ``prompts(n, seed)``).
         seed: Seed for the prompts and the sampling.
-        **sampling: Overrides for :func:`sample_texts` (``temperature``, ``top_k``,
+        **sampling: Overrides for ``sample_texts`` (``temperature``, ``top_k``,
             ``max_new_tokens``); the defaults are 0.7, 50 and 40.
 
     Returns:
@@ -105,7 +105,7 @@ def quick_check(models: DemoModels, n: int = 50, seed: int = 0, **sampling: floa
 
 
 def format_check(scores: dict[str, SampleScores]) -> str:
-    """A small table of :func:`quick_check` results."""
+    """A small table of ``quick_check`` results."""
     lines = [f"{'model':<8} {'fluency':>8} {'gold reward':>12}  example"]
     for name, s in scores.items():
         lines.append(f"{name:<8} {s.fluency:>8.3f} {s.gold_reward:>12.3f}  {s.example}")

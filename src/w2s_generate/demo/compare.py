@@ -103,7 +103,7 @@ def run_comparison(
     CBS with ``W = K = sqrt(budget)`` (the paper's W = K) and best-of-N with ``n = budget`` sample the
     same number of large-model sequences per prompt.
 
-    Example:
+    Examples:
         >>> from w2s_generate.demo import load_demo_models                    # doctest: +SKIP
         >>> rows = run_comparison(load_demo_models(), n_prompts=8)             # doctest: +SKIP
         >>> print(format_table(rows))                                         # doctest: +SKIP
@@ -158,7 +158,7 @@ def run_comparison(
 
 
 def format_table(rows: list[MethodResult]) -> str:
-    """A markdown table of :func:`run_comparison` results."""
+    """A markdown table of ``run_comparison`` results."""
     lines = [
         "| method | gold reward | fluency | large-model tokens / prompt | wall time (s) |",
         "|---|---:|---:|---:|---:|",

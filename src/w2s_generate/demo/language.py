@@ -3,8 +3,8 @@
 The demo task mirrors the paper's controlled-sentiment experiment without downloading anything: a
 "review" is 2-4 lowercase sentences built from the grammar below, and its sentiment is carried by
 a handful of clearly positive or clearly negative words. Because the language is regular, we can
-decide exactly whether a generated sentence is grammatical (see :func:`is_grammatical_sentence`),
-which gives an honest fluency measure for the demo (:mod:`w2s_generate.demo.reward`).
+decide exactly whether a generated sentence is grammatical (see ``is_grammatical_sentence``),
+which gives an honest fluency measure for the demo (``w2s_generate.demo.reward``).
 
 Grammar (``[x]`` optional, ``|`` alternatives, every sentence ends with the token ``.``)::
 

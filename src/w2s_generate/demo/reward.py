@@ -30,7 +30,7 @@ def gold_reward(text: str) -> float:
     """Lexicon sentiment: mean over sentences of ``#positive words - #negative words``.
 
     A plain count: the lexicon is the demo language's positive and negative adjectives and verbs
-    (:data:`~w2s_generate.demo.language.POSITIVE_WORDS` / ``NEGATIVE_WORDS``); the grammar has
+    (``POSITIVE_WORDS`` / ``NEGATIVE_WORDS``); the grammar has
     no negation, and intensifiers are not weighted, so each word counts +1 or -1. Sentences are
     split at ``.``; a trailing unfinished sentence counts as one, and ``rating : ... .`` lines are
     ignored. Typical values: about +1 for positive reviews, 0 for neutral or mixed ones, -1 for

@@ -26,7 +26,7 @@ def build_tokenizer(vocab_words: Sequence[str] | None = None) -> PreTrainedToken
 
     Args:
         vocab_words: The words of the vocabulary (order kept, duplicates dropped); defaults to the
-            demo language's :data:`~w2s_generate.demo.language.VOCABULARY`.
+            demo language's ``VOCABULARY``.
 
     Returns:
         A tokenizer that splits on whitespace, maps unknown words to ``<unk>``, prepends ``<bos>``

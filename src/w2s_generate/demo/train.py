@@ -134,7 +134,7 @@ class DemoModels:
 
 @dataclass
 class TrainedDemo:
-    """What :func:`train_demo_models` produced, still in memory, plus where it was published.
+    """What ``train_demo_models`` produced, still in memory, plus where it was published.
 
     Attributes:
         strong: The trained strong model (eval mode).
@@ -352,7 +352,7 @@ def train_demo_models(
 
 
 def _train_and_publish(final: Path, progress: bool, scale: float) -> TrainedDemo:
-    """The body of :func:`train_demo_models` (arguments already validated)."""
+    """The body of ``train_demo_models`` (arguments already validated)."""
     tokenizer = build_tokenizer(VOCABULARY)
     eval_texts = _review_sampler(SENTIMENTS, _EVAL_SEED, 0.3)(_EVAL_REVIEWS)
     eval_positive = _review_sampler(("positive",), _EVAL_SEED, 0.3)(_EVAL_REVIEWS)
