@@ -150,8 +150,8 @@ def naive_objective(pair: w2s.WeakPair, prompt: list[int], response: list[int]) 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(family=st.sampled_from(["gpt2", "llama"]), seed=st.integers(0, 1000), data=st.data())
 def test_property_sequences_of_operations_match_one_shot_scoring(tokenizer, family, seed, data):
-    """Random sequences of extend / select (with duplicates) / replace_tail (retractions of overlapping
-    depth, several in a row) against a naive one-shot score of every row after every operation."""
+    """Random sequences of extend / step / select (with duplicates) / replace_tail (retractions of
+    overlapping depth, several in a row) against a naive one-shot score of every row after every operation."""
     vocab = len(tokenizer)
     pair = w2s.WeakPair(make_model(family, vocab, seed), make_model(family, vocab, seed + 1), tokenizer)
     token = st.integers(3, vocab - 1)
@@ -160,7 +160,9 @@ def test_property_sequences_of_operations_match_one_shot_scoring(tokenizer, fami
     responses: list[list[int]] = [[] for _ in range(n)]
     state = pair.start(prompts)
     for _ in range(data.draw(st.integers(1, 6), label="operations")):
-        op = data.draw(st.sampled_from(["extend", "select", "replace_tail", "replace_tail"]), label="op")
+        op = data.draw(
+            st.sampled_from(["extend", "step", "select", "replace_tail", "replace_tail"]), label="op"
+        )
         if op == "select":
             index = data.draw(
                 st.lists(st.integers(0, len(prompts) - 1), min_size=1, max_size=4), label="index"
@@ -168,6 +170,11 @@ def test_property_sequences_of_operations_match_one_shot_scoring(tokenizer, fami
             state.select(torch.tensor(index))
             prompts = [prompts[i] for i in index]
             responses = [list(responses[i]) for i in index]
+            continue
+        if op == "step":  # the token-level hot path: one token for every row
+            tokens = [data.draw(token, label="token") for _ in prompts]
+            state.step(torch.tensor(tokens))
+            responses = [r + [t] for r, t in zip(responses, tokens)]
             continue
         drops = [0] * len(prompts)
         if op == "replace_tail":

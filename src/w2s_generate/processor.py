@@ -50,7 +50,7 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
             Without it, output tables that differ by more than 1% of rows are refused.
         pad_token_id: id used for left padding of the prompts; default the pair tokenizer's.
 
-    Example:
+    Examples:
         >>> processor = WeakToStrongLogitsProcessor(pair, beta=1.0)
         >>> out = model.generate(**inputs, logits_processor=[processor], do_sample=True, max_new_tokens=10)
     """
@@ -139,7 +139,7 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
             parents = matches.float().argmax(-1)
         if parents is not None:
             self.state.select(parents)
-        self.state.extend(input_ids[:, -1:])
+        self.state.step(input_ids[:, -1])
         self._seen = input_ids.clone()
 
     def _start(self, input_ids: torch.Tensor) -> None:

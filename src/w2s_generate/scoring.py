@@ -1,15 +1,16 @@
 """Incremental, KV-cached scoring of responses under a weighted sum of small-model log-likelihoods.
 
 A weak pair scores a response ``y`` to a prompt ``x`` by ``log p_tuned(y|x) - log p_untuned(y|x)``.
-Here that is the special case of a *guidance objective*: a list of :class:`Side` objects (a model,
-maybe a peft adapter name, maybe a conditioning text) with one coefficient each (``+1`` and ``-1``).
-Sides that share one model object run in ONE forward over a stacked batch (``adapter_names`` selects
-the adapter per row for peft models), so a base with a LoRA adapter keeps one copy of its weights.
+Here that is the special case of a *guidance objective*: a list of [`Side`][w2s_generate.Side]
+objects (a model, maybe a peft adapter name, maybe a conditioning text) with one coefficient each
+(``+1`` and ``-1``). Sides that share one model object run in ONE forward over a stacked batch
+(``adapter_names`` selects the adapter per row for peft models), so a base with a LoRA adapter keeps
+one copy of its weights.
 
-:class:`GuidanceState` holds ``N`` rows (hypotheses). It is prefilled once with the prompts, then
-extended by a few tokens at a time; rows can be selected or duplicated (beams) in place; tokens at the
-tail of a row can be replaced (used when text is re-tokenized across vocabularies). No prefix is ever
-encoded twice.
+[`GuidanceState`][w2s_generate.GuidanceState] holds ``N`` rows (hypotheses). It is prefilled once
+with the prompts, then extended by a few tokens at a time; rows can be selected or duplicated (beams)
+in place; tokens at the tail of a row can be replaced (used when text is re-tokenized across
+vocabularies). No prefix is ever encoded twice.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Side:
             persona), or a function giving one per prompt (an explanation written for it): the
             tuned side of a prompt-conditioned pair; ``None`` for none.
 
-    Example:
+    Examples:
         >>> [(side.adapter_name, side.condition) for side in harmless.sides]   # a PromptPair's two sides
         [(None, 'Be harmless.'), (None, None)]
     """
@@ -68,6 +69,8 @@ class _Group:
     keeps_logits: bool
     max_positions: int | None
     sliding_window: int | None = None
+    side_rows: torch.Tensor | None = None  # [S_g] which sides this group holds
+    longest: int | None = None  # most attended tokens in any row (None: count again)
     cache: object = None
     mask: torch.Tensor | None = None  # [S_g*N, T] 1 for tokens the rows attend to
     ids: torch.Tensor | None = None  # [S_g*N, T] every token fed so far (to re-feed one after a retraction)
@@ -131,10 +134,11 @@ def right_pad(
 class GuidanceState:
     """KV-cached state of ``N`` rows under a guidance objective.
 
-    Create it with :meth:`w2s_generate.WeakPair.start`. ``scores`` holds the running objective of each
-    row (summed over the response tokens so far) and ``side_scores`` its per-side log-likelihoods.
+    Create it with [`WeakPair.start`][w2s_generate.WeakPair.start]. ``scores`` holds the running
+    objective of each row (summed over the response tokens so far) and ``side_scores`` its per-side
+    log-likelihoods.
 
-    Example:
+    Examples:
         >>> state = pair.start(["the film was"])
         >>> state.extend(torch.tensor([[218, 257]]), torch.tensor([1]))   # only the first token counts
         tensor([...])
@@ -200,7 +204,9 @@ class GuidanceState:
             if any(len(r) == 0 for r in rows):
                 raise ValueError("A prompt encodes to zero tokens on the weak side; give a non-empty prompt.")
             ids, mask = _left_pad(rows, pad_token_id, device)
-            state._check_length(group, mask.shape[1])
+            group.side_rows = torch.as_tensor(group.side_indices, device=device)
+            group.longest = mask.shape[1]
+            state._check_length(group, group.longest)
             group.cache = new_cache(_base_model(group.model))
             logits = state._forward(group, ids, mask, last_only=True)
             group.mask, group.ids = mask, ids
@@ -245,8 +251,33 @@ class GuidanceState:
                 group.adapter_names = [
                     group.adapter_names[i * self.rows] for i in range(n_sides) for _ in range(index.numel())
                 ]
+            group.longest = None  # the longest row may be gone
         self.side_scores = self.side_scores[:, index]
         self.rows = int(index.numel())
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> None:
+        """Append one token to every row and score it: ``[N]`` ids (the token-level hot path).
+
+        The same as ``extend(tokens[:, None])`` without its general bookkeeping: one forward per
+        model, no host synchronization (sliding-window models excepted), positions counted on.
+        """
+        tokens = tokens.to(self.side_scores.device, torch.long)
+        for group in self.groups:
+            n_sides = len(group.side_indices)
+            ids = tokens.repeat(n_sides)[:, None]  # [S_g*N, 1]
+            token_logp = group.last_logp.gather(-1, ids)  # [S_g*N, 1]
+            self.side_scores[group.side_rows] += token_logp.view(n_sides, self.rows)
+            if group.longest is None:
+                group.longest = int(group.mask.sum(-1).max())
+            group.longest += 1
+            self._check_length(group, group.longest)
+            positions = group.mask.sum(-1, keepdim=True)  # the new token's position in each row
+            group.mask = torch.cat([group.mask, torch.ones_like(ids)], dim=1)
+            logits = self._forward(group, ids, group.mask, last_only=True, positions=positions)
+            group.last_logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
+            group.ids = torch.cat([group.ids, ids], dim=1)
+            group.token_logp = torch.cat([group.token_logp, token_logp], dim=1)
 
     @torch.no_grad()
     def extend(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -317,7 +348,8 @@ class GuidanceState:
                 ids = new_tokens.repeat(n_sides, 1)
             group_valid = valid.repeat(n_sides, 1)
             mask = torch.cat([group.mask, group_valid.long()], dim=1)
-            self._check_length(group, int(mask.sum(-1).max().item()))
+            group.longest = int(mask.sum(-1).max().item())
+            self._check_length(group, group.longest)
             logits = self._forward(group, ids, mask, last_only=False).float()
             # log p(token_t | prefix): the distribution before position t is last_logp for t=0, logits[t-1] after.
             lse = torch.logsumexp(logits, dim=-1)  # [R, T]
@@ -404,8 +436,18 @@ class GuidanceState:
                 "weak pair without sliding-window attention, or keep prompt + response within the window."
             )
 
-    def _forward(self, group: _Group, ids: torch.Tensor, mask: torch.Tensor, last_only: bool) -> torch.Tensor:
-        """One forward of a group's stacked rows from its cache: returns logits ``[R, T, V]``."""
+    def _forward(
+        self,
+        group: _Group,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        last_only: bool,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One forward of a group's stacked rows from its cache: returns logits ``[R, T, V]``.
+
+        ``positions`` (``[R, T]``) saves counting them from the mask when the caller knows them.
+        """
         width = ids.shape[1]
         if group.sliding_window is not None:
             self._check_window(group, mask)
@@ -416,7 +458,9 @@ class GuidanceState:
             "use_cache": True,
         }
         if group.uses_position_ids:
-            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
+            kwargs["position_ids"] = (
+                positions if positions is not None else (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
+            )
         if last_only and group.keeps_logits:
             kwargs["logits_to_keep"] = 1
         if group.adapter_names is not None:
