@@ -68,6 +68,76 @@ import w2s_generate as w2s
 LORA_TARGETS = {"gpt2": ["c_attn", "c_proj"], "llama": ["q_proj", "v_proj"]}
 
 
+# ---------------------------------------------------------------------- the floor and the peer
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def pair_forwards(models: list, inputs: dict, new_tokens: int) -> None:
+    """The weak pair's own work and nothing else: each model prefills the prompts, then every step
+    each takes one one-token step from its KV cache (in turn, as any token-level guidance must; the
+    tokens are the first model's greedy choices)."""
+    from transformers import DynamicCache
+
+    caches = [DynamicCache(config=model.config) for model in models]
+    mask = inputs["attention_mask"]
+    step_ids, positions = inputs["input_ids"], _positions(mask)
+    for _ in range(new_tokens + 1):
+        outs = [
+            model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            for model, cache in zip(models, caches)
+        ]
+        step_ids = outs[0].logits[:, -1].argmax(-1, keepdim=True)
+        mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
+        positions = mask.sum(-1, keepdim=True) - 1
+
+
+@torch.no_grad()
+def proxy_tuning(
+    base, expert, antiexpert, inputs: dict, new_tokens: int, alpha: float, top_k: int, greedy: bool
+) -> torch.Tensor:
+    """Proxy-tuning's decoding loop (Liu et al., 2024, arXiv 2401.08565), re-implemented from its
+    published algorithm: three models, each with its own KV cache, one forward each per step;
+    next-token logits ``base + alpha * (expert - antiexpert)``, then top-k and sampling (or argmax)."""
+    from transformers import DynamicCache
+
+    models = [base, expert, antiexpert]
+    caches = [DynamicCache(config=m.config) for m in models]
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    step_ids, positions = ids, _positions(mask)
+    for _ in range(new_tokens):
+        logits = [
+            m(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=c,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+            for m, c in zip(models, caches)
+        ]
+        scores = logits[0] + alpha * (logits[1] - logits[2])
+        if greedy:
+            token = scores.argmax(-1, keepdim=True)
+        else:
+            kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, -float("inf"))
+            token = torch.multinomial(torch.softmax(scores, dim=-1), 1)
+        ids = torch.cat([ids, token], dim=1)
+        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+        step_ids, positions = token, mask.sum(-1, keepdim=True) - 1
+    return ids
+
+
 # ---------------------------------------------------------------------- timing
 def timed(run: Callable[[], torch.Tensor], device: torch.device, seed: int) -> tuple[float, torch.Tensor]:
     torch.manual_seed(seed)
@@ -89,6 +159,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="weights dtype"
     )
     parser.add_argument("--beta", type=float, default=1.0, help="guidance strength (default 1.0)")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of top-k 50 sampling")
+    parser.add_argument("--no-lora", action="store_true", help="skip the LoRA-pair variant")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of every run (default 0)")
     args = parser.parse_args(argv)
@@ -143,22 +215,32 @@ def main(argv: list[str] | None = None) -> None:
     inputs = tok(prompts, return_tensors="pt", padding=True).to(device)
     n = args.new_tokens
     gen_kwargs = {
-        "do_sample": True,
-        "temperature": 1.0,
-        "top_k": 50,
+        "do_sample": not args.greedy,
         "min_new_tokens": n,
         "max_new_tokens": n,
         "pad_token_id": tok.pad_token_id,
         "eos_token_id": tok.eos_token_id,
     }
+    if not args.greedy:
+        gen_kwargs.update(temperature=1.0, top_k=50)
 
-    variants: dict[str, Callable[[], torch.Tensor]] = {
+    variants: dict[str, Callable[[], torch.Tensor | None]] = {
         "plain generate": lambda: strong.generate(**inputs, **gen_kwargs),
+        "pair's own cached forwards": lambda: pair_forwards([tuned, untuned], inputs, n),
         "guided, two checkpoints": lambda: strong.generate(
             **inputs, **gen_kwargs, logits_processor=[guided_two]
         ),
-        "guided, LoRA pair": lambda: strong.generate(**inputs, **gen_kwargs, logits_processor=[guided_lora]),
+        "guided, TokenGuidance": lambda: strong.generate(
+            **inputs, **gen_kwargs, custom_generate=w2s.TokenGuidance(two_checkpoints, beta=args.beta)
+        ),
+        "proxy-tuning loop (peer)": lambda: proxy_tuning(
+            strong, tuned, untuned, inputs, n, args.beta, 50, args.greedy
+        ),
     }
+    if not args.no_lora:
+        variants["guided, LoRA pair"] = lambda: strong.generate(
+            **inputs, **gen_kwargs, logits_processor=[guided_lora]
+        )
 
     print(f"# token-level guidance overhead ({family})")
     print(
@@ -176,14 +258,17 @@ def main(argv: list[str] | None = None) -> None:
         f"LoRA:   {n_lora:>12,} adapter parameters on one weak base (r=8, {', '.join(LORA_TARGETS[family.split('-')[0]])})"
     )
     print(f"strong/weak parameter ratio: {n_strong / n_weak:.2f}x")
-    print(f"batch {args.batch}, {n} new tokens per row, {args.repeats} timed runs per variant + 1 warm-up")
+    mode = "greedy" if args.greedy else "sampling (top-k 50)"
+    print(
+        f"batch {args.batch}, {n} new tokens per row, {mode}, {args.repeats} timed runs per variant + 1 warm-up"
+    )
     print()
 
     prompt_width = inputs["input_ids"].shape[1]
     with torch.no_grad():
         for name, run in variants.items():  # warm-up
             _, out = timed(run, device, args.seed)
-            if out.shape != (args.batch, prompt_width + n):
+            if out is not None and out.shape != (args.batch, prompt_width + n):
                 raise RuntimeError(
                     f"{name}: generated shape {tuple(out.shape)}, expected {(args.batch, prompt_width + n)}"
                 )
@@ -196,14 +281,17 @@ def main(argv: list[str] | None = None) -> None:
     ms = {name: 1000 * statistics.median(t) / n for name, t in times.items()}
     spread = {name: (1000 * min(t) / n, 1000 * max(t) / n) for name, t in times.items()}
     base = ms["plain generate"]
+    floor = base + ms["pair's own cached forwards"]
+    peer = ms["proxy-tuning loop (peer)"]
     for name in variants:
         low, high = spread[name]
         print(
-            f"{name:<24} {ms[name]:8.2f} ms/token (median; runs {low:.2f}-{high:.2f})   "
-            f"{args.batch * 1000 / ms[name]:8.1f} tokens/s   x{ms[name] / base:.2f} vs plain"
+            f"{name:<28} {ms[name]:8.2f} ms/token (median; runs {low:.2f}-{high:.2f})   "
+            f"x{ms[name] / base:.2f} vs plain   x{ms[name] / floor:.2f} vs floor"
         )
-    print(f"(2)/(1) two checkpoints / plain: {ms['guided, two checkpoints'] / base:.2f}")
-    print(f"(3)/(1) LoRA pair / plain:       {ms['guided, LoRA pair'] / base:.2f}")
+    print(f"floor = plain generate + the pair's own cached forwards: {floor:.2f} ms/token")
+    for name in ("guided, two checkpoints", "guided, TokenGuidance"):
+        print(f"{name}: x{ms[name] / floor:.3f} of the floor, x{ms[name] / peer:.3f} of proxy-tuning's loop")
     print(f"theoretical from parameter counts, 1 + 2*weak/strong: {theory:.2f}")
     print()
 
@@ -211,7 +299,10 @@ def main(argv: list[str] | None = None) -> None:
     explicit = (
         f"python benchmarks/bench_token_guidance.py --family {family} --batch {args.batch} "
         f"--new-tokens {n} --repeats {args.repeats} --device {args.device} --dtype {args.dtype} "
-        f"--beta {args.beta:g} --seed {args.seed}" + (f" --threads {args.threads}" if args.threads else "")
+        f"--beta {args.beta:g} --seed {args.seed}"
+        + (f" --threads {args.threads}" if args.threads else "")
+        + (" --greedy" if args.greedy else "")
+        + (" --no-lora" if args.no_lora else "")
     )
     print(
         f"{family}: strong {n_strong / 1e6:.1f}M vs weak {n_weak / 1e6:.2f}M parameters "
@@ -219,14 +310,17 @@ def main(argv: list[str] | None = None) -> None:
         f"{device} {args.dtype}, {torch.get_num_threads()} threads, median of {args.repeats}"
     )
     print()
-    print("| variant | ms / token | overhead ms / token | tokens / s | vs plain |")
-    print("|---|---:|---:|---:|---:|")
+    print("| variant | ms / token | tokens / s | vs plain | vs floor | vs proxy-tuning |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name in variants:
         print(
-            f"| {name} | {ms[name]:.2f} | {ms[name] - base:+.2f} | {args.batch * 1000 / ms[name]:.1f} "
-            f"| {ms[name] / base:.2f}x |"
+            f"| {name} | {ms[name]:.2f} | {args.batch * 1000 / ms[name]:.1f} | {ms[name] / base:.2f}x "
+            f"| {ms[name] / floor:.2f}x | {ms[name] / peer:.2f}x |"
         )
-    print(f"| theoretical (1 + 2·weak/strong) | | | | {theory:.2f}x |")
+    print(
+        f"| floor (plain + pair's forwards) | {floor:.2f} | | {floor / base:.2f}x | 1.00x | {floor / peer:.2f}x |"
+    )
+    print(f"| theoretical (1 + 2·weak/strong) | | | {theory:.2f}x | | |")
     print()
     print(
         f"ms / token: median wall time of one generate call / {n} new tokens (each step samples {args.batch} rows)."

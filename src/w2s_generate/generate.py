@@ -57,6 +57,8 @@ class TokenGuidance(Strategy):
             self.pair, self.beta, pad_token_id=self.processor.pad_token_id
         )
         processor._vocabulary_checked = self.bound_tokenizer is not None
+        # Greedy decoding and sampling never reorder rows: no history to compare at each step.
+        processor._rows_keep_order = not generation_config.num_beams or generation_config.num_beams == 1
         mask = model_kwargs.get("attention_mask")
         # generate passes no mask when it is all ones: then no prompt token is padding.
         processor.begin(input_ids, torch.ones_like(input_ids) if mask is None else mask)

@@ -74,6 +74,8 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
         self.pad_token_id = pair.pad_token_id if pad_token_id is None else int(pad_token_id)
         self.state: GuidanceState | None = None
         self._seen: torch.Tensor | None = None  # [N, T] the input_ids of the last call
+        self._rows_checked: tuple[int, int] | None = None  # output table sizes found compatible
+        self._rows_keep_order = False  # set by TokenGuidance for loops that never reorder rows
         self._prompt_mask: torch.Tensor | None = None
 
     def reset(self) -> None:
@@ -101,6 +103,8 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
     def _combine(self, logprobs: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """``[N, Vs], [N, Vw] -> [N, Vs]`` guided log-probs over the shared rows."""
         strong_rows, weak_rows = logprobs.shape[-1], guidance.shape[-1]
+        if (strong_rows, weak_rows) == self._rows_checked and strong_rows == weak_rows:
+            return logprobs + self.beta * guidance  # the common case, checked on the first step
         shared = min(strong_rows, weak_rows)
         if len(self.pair.tokenizer) > shared or not (
             self._vocabulary_checked or rows_look_padded(strong_rows, weak_rows)
@@ -110,6 +114,7 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
                 f"tokenizer has {len(self.pair.tokenizer)} tokens): token-level guidance needs a shared vocabulary. "
                 "Use w2s.ChunkBeamSearch, which bridges tokenizers through text."
             )
+        self._rows_checked = (strong_rows, weak_rows)
         out = logprobs.clone()
         out[:, :shared] += self.beta * guidance[:, :shared]
         # Rows past the pair's vocabulary are padding of a larger embedding table: never real tokens.
@@ -128,7 +133,9 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
             self._start(input_ids)
             return
         history = input_ids[:, :-1].to(seen.device)
-        if history.shape == seen.shape and torch.equal(history, seen):
+        if self._rows_keep_order and history.shape == seen.shape:
+            parents = None  # the caller's loop never reorders rows: nothing to compare (no host sync)
+        elif history.shape == seen.shape and torch.equal(history, seen):
             parents = None
         else:
             # Beam search reorders rows: find each row's previous row by its whole history.
@@ -140,7 +147,9 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
         if parents is not None:
             self.state.select(parents)
         self.state.step(input_ids[:, -1])
-        self._seen = input_ids.clone()
+        # generate's sampling loop makes a new tensor each step; beam search hands a view of a
+        # buffer it writes on in place, which must be copied.
+        self._seen = input_ids if input_ids._base is None else input_ids.clone()
 
     def _start(self, input_ids: torch.Tensor) -> None:
         if self._prompt_mask is not None and self._prompt_mask.shape == input_ids.shape:

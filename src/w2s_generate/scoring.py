@@ -71,6 +71,10 @@ class _Group:
     sliding_window: int | None = None
     side_rows: torch.Tensor | None = None  # [S_g] which sides this group holds
     longest: int | None = None  # most attended tokens in any row (None: count again)
+    attended: torch.Tensor | None = None  # [S_g*N, 1] attended tokens per row (None: count again)
+    # Columns of ids / token_logp appended by step(), joined to them only when a retraction or a
+    # selection needs them (one concatenation then, instead of two per token).
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     cache: object = None
     mask: torch.Tensor | None = None  # [S_g*N, T] 1 for tokens the rows attend to
     ids: torch.Tensor | None = None  # [S_g*N, T] every token fed so far (to re-feed one after a retraction)
@@ -101,6 +105,15 @@ def _sliding_window(model: torch.nn.Module) -> int | None:
     if layer_types is not None and "sliding_attention" not in layer_types:
         return None
     return int(window)
+
+
+def _join_pending(group: _Group) -> None:
+    """Append the columns ``step`` left pending to the group's ids and token log-probs."""
+    if group.pending:
+        ids, logp = zip(*group.pending)
+        group.ids = torch.cat([group.ids, *ids], dim=1)
+        group.token_logp = torch.cat([group.token_logp, *logp], dim=1)
+        group.pending.clear()
 
 
 def _left_pad(
@@ -239,6 +252,7 @@ class GuidanceState:
         """Keep rows ``index`` (duplicates allowed), in that order: ``N -> len(index)`` rows, in place."""
         index = index.to(self.side_scores.device, torch.long)
         for group in self.groups:
+            _join_pending(group)
             n_sides = len(group.side_indices)
             offsets = torch.arange(n_sides, device=index.device).repeat_interleave(index.numel()) * self.rows
             stacked = index.repeat(n_sides) + offsets
@@ -252,6 +266,7 @@ class GuidanceState:
                     group.adapter_names[i * self.rows] for i in range(n_sides) for _ in range(index.numel())
                 ]
             group.longest = None  # the longest row may be gone
+            group.attended = None
         self.side_scores = self.side_scores[:, index]
         self.rows = int(index.numel())
 
@@ -267,17 +282,19 @@ class GuidanceState:
             n_sides = len(group.side_indices)
             ids = tokens.repeat(n_sides)[:, None]  # [S_g*N, 1]
             token_logp = group.last_logp.gather(-1, ids)  # [S_g*N, 1]
-            self.side_scores[group.side_rows] += token_logp.view(n_sides, self.rows)
+            self.side_scores.index_add_(0, group.side_rows, token_logp.view(n_sides, self.rows))
             if group.longest is None:
                 group.longest = int(group.mask.sum(-1).max())
             group.longest += 1
             self._check_length(group, group.longest)
-            positions = group.mask.sum(-1, keepdim=True)  # the new token's position in each row
+            if group.attended is None:
+                group.attended = group.mask.sum(-1, keepdim=True)
+            positions = group.attended  # the new token's position in each row
+            group.attended = positions + 1
             group.mask = torch.cat([group.mask, torch.ones_like(ids)], dim=1)
             logits = self._forward(group, ids, group.mask, last_only=True, positions=positions)
             group.last_logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
-            group.ids = torch.cat([group.ids, ids], dim=1)
-            group.token_logp = torch.cat([group.token_logp, token_logp], dim=1)
+            group.pending.append((ids, token_logp))
 
     @torch.no_grad()
     def extend(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -333,6 +350,8 @@ class GuidanceState:
         counted = valid & (cols[None, :] >= shift[:, None])
         before = self.side_scores.clone()
         for group in self.groups:
+            _join_pending(group)
+            group.attended = None
             n_sides = len(group.side_indices)
             side_rows = torch.as_tensor(group.side_indices, device=device)
             group_drop = drop.repeat(n_sides)

@@ -1,0 +1,87 @@
+"""Host synchronizations inside a decoding step, counted, so they cannot creep back.
+
+Every call that moves a tensor's value to the host (``.item()``, ``.tolist()``, ``bool``/``int``/
+``float`` of a tensor, ``torch.equal``) made from w2s_generate's own code is counted while
+``generate`` runs; a step's share is the difference between two runs of different lengths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import pytest
+import torch
+from conftest import make_model
+
+import w2s_generate as w2s
+
+METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextlib.contextmanager
+def counting_syncs():
+    counts: dict[str, int] = {}
+
+    def wrap(name, original):
+        def counted(*args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith("w2s_generate"):
+                where = f"{caller}:{sys._getframe(1).f_lineno} {name}"
+                counts[where] = counts.get(where, 0) + 1
+            return original(*args, **kwargs)
+
+        return counted
+
+    originals = {name: getattr(torch.Tensor, name) for name in METHODS}
+    original_equal = torch.equal
+    try:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, wrap(name, original))
+        torch.equal = wrap("torch.equal", original_equal)
+        yield counts
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+        torch.equal = original_equal
+
+
+def syncs_per_step(model, inputs, make_kwargs) -> tuple[float, dict]:
+    totals = []
+    for steps in (4, 12):
+        with counting_syncs() as counts:
+            model.generate(**inputs, **make_kwargs(), min_new_tokens=steps, max_new_tokens=steps)
+        totals.append((sum(counts.values()), counts))
+    (short, _), (long, counts) = totals
+    return (long - short) / 8, counts
+
+
+@pytest.fixture
+def setup(family, tokenizer):
+    strong = make_model(family, len(tokenizer), 70, width=48)
+    pair = w2s.WeakPair(
+        make_model(family, len(tokenizer), 71), make_model(family, len(tokenizer), 72), tokenizer
+    )
+    inputs = tokenizer(["the film was", "a quiet story about"], return_tensors="pt", padding=True)
+    return strong, pair, inputs
+
+
+@pytest.mark.parametrize("do_sample", [True, False])
+def test_token_guidance_steps_make_no_host_sync(setup, do_sample):
+    strong, pair, inputs = setup
+    per_step, counts = syncs_per_step(
+        strong, inputs, lambda: dict(custom_generate=w2s.TokenGuidance(pair, 1.5), do_sample=do_sample)
+    )
+    assert per_step == 0, counts
+
+
+def test_the_processor_path_makes_one_sync_per_step(setup):
+    """Passed as logits_processor=, the processor cannot know whether rows get reordered (beam
+    search): it compares each row's history with the last step's, one host sync per step."""
+    strong, pair, inputs = setup
+    per_step, counts = syncs_per_step(
+        strong,
+        inputs,
+        lambda: dict(logits_processor=[w2s.WeakToStrongLogitsProcessor(pair, 1.5)], do_sample=True),
+    )
+    assert per_step == 1, counts
