@@ -85,3 +85,25 @@ def test_the_processor_path_makes_one_sync_per_step(setup):
         lambda: dict(logits_processor=[w2s.WeakToStrongLogitsProcessor(pair, 1.5)], do_sample=True),
     )
     assert per_step == 1, counts
+
+
+def test_drafted_rounds_sync_a_bounded_number_of_times(setup):
+    """A drafted round asks the host whether every row has finished; retracting the rejected drafts
+    from the pair's state asks whether any row retracts (tensor shapes depend on it) and checks the
+    depth once. Three per round, whatever the number of tokens it keeps."""
+    strong, pair, inputs = setup
+    per_round = []
+    for new_tokens in (6, 18):
+        with counting_syncs() as counts:
+            out = strong.generate(
+                **inputs,
+                custom_generate=w2s.TokenGuidance(pair, 1.5, draft_tokens=3),
+                do_sample=True,
+                max_new_tokens=new_tokens,
+                eos_token_id=[],
+                return_dict_in_generate=True,
+            )
+        per_round.append((sum(counts.values()), out.large_forwards - 1, counts))
+    (short, short_rounds, _), (long, long_rounds, counts) = per_round
+    assert long_rounds > short_rounds
+    assert (long - short) / (long_rounds - short_rounds) <= 3, counts

@@ -29,23 +29,42 @@ class TokenGuidance(Strategy):
     prompts' real attention mask (all ones when ``generate`` passes none). Greedy, sampling and beam
     search all work.
 
+    With ``draft_tokens=G`` the weak pair drafts ``G`` tokens per round and the large model verifies
+    them in one forward (speculative sampling, see [`drafting`][w2s_generate.drafting]): the tokens are
+    still exact samples of the same guided distribution (greedy: the same tokens), with fewer
+    large-model forwards. Drafted rounds support the sampling warpers, EOS and ``max_new_tokens``;
+    other processors and stopping criteria are refused by name, as are beam search and streamers.
+
     Args:
         pair: a weak pair sharing the large model's vocabulary.
         beta: guidance strength.
+        draft_tokens: tokens the pair drafts per round; ``None`` (or 0) decodes one token per
+            large-model forward, inside transformers' own loop.
 
     Examples:
         >>> out = model.generate(**inputs, custom_generate=TokenGuidance(pair, beta=1.0), do_sample=True,
         ...                      max_new_tokens=10)
+        >>> drafted = TokenGuidance(pair, beta=1.0, draft_tokens=4)
+        >>> out = model.generate(**inputs, custom_generate=drafted, do_sample=True, max_new_tokens=10,
+        ...                      return_dict_in_generate=True)
+        >>> out.large_forwards <= 11   # one per round of up to 5 tokens, plus the prefill
+        True
     """
 
-    def __init__(self, pair: WeakPair, beta: float = 1.0) -> None:
+    def __init__(self, pair: WeakPair, beta: float = 1.0, draft_tokens: int | None = None) -> None:
         super().__init__()
+        if draft_tokens is not None and (
+            isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0
+        ):
+            raise ValueError(f"draft_tokens must be None or an integer >= 0; got {draft_tokens!r}.")
         self.processor = WeakToStrongLogitsProcessor(pair, beta)
         self.pair = pair
         self.beta = float(beta)
+        self.draft_tokens = draft_tokens or None
 
     def __repr__(self) -> str:
-        return f"TokenGuidance(beta={self.beta}, pair={self.pair!r})"
+        drafts = f", draft_tokens={self.draft_tokens}" if self.draft_tokens else ""
+        return f"TokenGuidance(beta={self.beta}{drafts}, pair={self.pair!r})"
 
     @torch.no_grad()
     def __call__(
@@ -57,6 +76,17 @@ class TokenGuidance(Strategy):
             self.pair, self.beta, pad_token_id=self.processor.pad_token_id
         )
         processor._vocabulary_checked = self.bound_tokenizer is not None
+        if self.draft_tokens:
+            return _drafted_call(
+                self,
+                model,
+                input_ids,
+                processor,
+                logits_processor,
+                stopping_criteria,
+                generation_config,
+                model_kwargs,
+            )
         # Greedy decoding and sampling never reorder rows: no history to compare at each step.
         processor._rows_keep_order = not generation_config.num_beams or generation_config.num_beams == 1
         mask = model_kwargs.get("attention_mask")
@@ -75,6 +105,41 @@ class TokenGuidance(Strategy):
             streamer,
             **model_kwargs,
         )
+
+
+def _drafted_call(
+    strategy, model, input_ids, processor, logits_processor, stopping_criteria, config, model_kwargs
+):
+    """``TokenGuidance(..., draft_tokens=G)``: drafted rounds instead of transformers' loop."""
+    from .drafting import check_draftable, drafted_guidance
+
+    if config.num_beams != 1:
+        raise ValueError(
+            f"draft_tokens works with greedy decoding and sampling; got num_beams={config.num_beams}."
+        )
+    if strategy.bound_streamer is not None or strategy.bound_stop_strings:
+        raise ValueError(
+            "draft_tokens does not stream nor stop at stop strings; drop streamer=/stop_strings=."
+        )
+    check_draftable(logits_processor, stopping_criteria)
+    eos = config.eos_token_id
+    eos_ids = [] if eos is None else [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    pad = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    out = drafted_guidance(
+        model,
+        input_ids,
+        model_kwargs.get("attention_mask"),
+        strategy.pair,
+        strategy.beta,
+        processor._combine,
+        logits_processor,
+        strategy.draft_tokens,
+        max(config.max_length - input_ids.shape[1], 0),
+        eos_ids,
+        int(pad),
+        greedy=not config.do_sample,
+    )
+    return out if config.return_dict_in_generate else out.sequences
 
 
 def insert_before_warpers(processors: LogitsProcessorList, processor) -> LogitsProcessorList:

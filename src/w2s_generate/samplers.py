@@ -1,10 +1,10 @@
 """Where candidate chunks come from when the large model is reached only as text: a completions server.
 
-:class:`CompletionsSampler` talks to any OpenAI-compatible ``/v1/completions`` endpoint (vLLM, TGI,
+[`CompletionsSampler`][w2s_generate.CompletionsSampler] talks to any OpenAI-compatible ``/v1/completions`` endpoint (vLLM, TGI,
 SGLang, llama.cpp, ``transformers serve``). It asks for ``n=K`` samples per request where the server
 honours ``n`` and otherwise sends K requests; all requests of a round run concurrently in a bounded
 pool, with timeouts and retries with backoff on transient errors. No request is silently dropped:
-a sample that cannot be had raises :class:`RemoteSamplerError`.
+a sample that cannot be had raises [`RemoteSamplerError`][w2s_generate.RemoteSamplerError].
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Chunk:
         text: the continuation's text.
         finished: whether the response ended (EOS or a stop sequence: finish reason ``"stop"``).
 
-    Example:
+    Examples:
         >>> Chunk(" a fine film.", finished=True)
         Chunk(text=' a fine film.', finished=True)
     """
@@ -42,10 +42,11 @@ class Chunk:
 class ChunkSampler(Protocol):
     """Samples ``n`` continuations of at most ``max_tokens`` tokens for each text prefix.
 
-    Anything with this ``sample`` method can drive :meth:`w2s_generate.ChunkBeamSearch.run`: a
-    completions endpoint (:class:`CompletionsSampler`), another client, a local engine.
+    Anything with this ``sample`` method can drive
+    [`ChunkBeamSearch.run`][w2s_generate.ChunkBeamSearch.run]: a completions endpoint
+    ([`CompletionsSampler`][w2s_generate.CompletionsSampler]), another client, a local engine.
 
-    Example:
+    Examples:
         >>> class Canned:  # n continuations of every prefix, alternating between two texts
         ...     def sample(self, prefixes, n, max_tokens):
         ...         two = [Chunk(" so good.", finished=True), Chunk(" dull and", finished=False)]
@@ -67,7 +68,7 @@ def _request_seed(seed: int, prompt: str, index: int) -> int:
 class RemoteSamplerError(RuntimeError):
     """A completions request failed for good (bad credentials, unknown model, retries used up).
 
-    Example:
+    Examples:
         >>> sampler = CompletionsSampler("http://127.0.0.1:9/v1", "absent", retries=0, timeout=2)  # nothing there
         >>> try:
         ...     cbs.run(["the film was"], sampler=sampler, max_new_tokens=4)
@@ -102,7 +103,7 @@ class CompletionsSampler:
         extra_body: more request fields for a given server (vLLM's ``top_k``, ``transformers
             serve``'s ``generation_config``).
 
-    Example:
+    Examples:
         >>> sampler = CompletionsSampler("http://127.0.0.1:8000/v1", "meta-llama/Llama-3.1-70B")  # doctest: +SKIP
         >>> out = cbs.run(["Write a haiku about rain."], sampler=sampler, max_new_tokens=64)        # doctest: +SKIP
     """

@@ -70,7 +70,7 @@ class _Group:
     max_positions: int | None
     sliding_window: int | None = None
     side_rows: torch.Tensor | None = None  # [S_g] which sides this group holds
-    longest: int | None = None  # most attended tokens in any row (None: count again)
+    longest: int = 0  # at least the most attended tokens in any row (a bound, counted when it matters)
     attended: torch.Tensor | None = None  # [S_g*N, 1] attended tokens per row (None: count again)
     # Columns of ids / token_logp appended by step(), joined to them only when a retraction or a
     # selection needs them (one concatenation then, instead of two per token).
@@ -219,7 +219,7 @@ class GuidanceState:
             ids, mask = _left_pad(rows, pad_token_id, device)
             group.side_rows = torch.as_tensor(group.side_indices, device=device)
             group.longest = mask.shape[1]
-            state._check_length(group, group.longest)
+            state._check_length(group, group.longest, exact=True)
             group.cache = new_cache(_base_model(group.model))
             logits = state._forward(group, ids, mask, last_only=True)
             group.mask, group.ids = mask, ids
@@ -265,7 +265,7 @@ class GuidanceState:
                 group.adapter_names = [
                     group.adapter_names[i * self.rows] for i in range(n_sides) for _ in range(index.numel())
                 ]
-            group.longest = None  # the longest row may be gone
+            # group.longest stays a bound: selecting rows never makes one longer
             group.attended = None
         self.side_scores = self.side_scores[:, index]
         self.rows = int(index.numel())
@@ -283,9 +283,7 @@ class GuidanceState:
             ids = tokens.repeat(n_sides)[:, None]  # [S_g*N, 1]
             token_logp = group.last_logp.gather(-1, ids)  # [S_g*N, 1]
             self.side_scores.index_add_(0, group.side_rows, token_logp.view(n_sides, self.rows))
-            if group.longest is None:
-                group.longest = int(group.mask.sum(-1).max())
-            group.longest += 1
+            group.longest += 1  # a bound on the longest row
             self._check_length(group, group.longest)
             if group.attended is None:
                 group.attended = group.mask.sum(-1, keepdim=True)
@@ -326,6 +324,7 @@ class GuidanceState:
         n, width = tokens.shape
         if n != self.rows:
             raise ValueError(f"tokens has {n} rows but the state holds {self.rows}.")
+        given_lengths = lengths is not None
         lengths = (
             torch.full((n,), width, dtype=torch.long, device=device)
             if lengths is None
@@ -333,10 +332,18 @@ class GuidanceState:
         )
         drop = drop.to(device, torch.long)
         refeed = drop > 0
+        any_refeed = bool(refeed.any())  # host sync: shapes below depend on it
+        if any_refeed:
+            self._check_drops(drop)
         # New token matrix per row: [re-fed token?] + tokens[:length], left-aligned.
         shift = refeed.long()
         total_len = lengths + shift
-        new_width = int(total_len.max().item()) if n else 0
+        if not n:
+            new_width = 0
+        elif given_lengths:
+            new_width = int(total_len.max())
+        else:  # every row takes all `width` tokens: no need to ask the device
+            new_width = width + int(any_refeed)
         if new_width == 0:
             return torch.zeros(n, device=device)
         cols = torch.arange(new_width, device=device)
@@ -357,7 +364,7 @@ class GuidanceState:
             group_drop = drop.repeat(n_sides)
             group_refeed = refeed.repeat(n_sides)
             refed_logp = torch.zeros(group_refeed.shape, dtype=torch.float32, device=device)
-            if bool(refeed.any()):
+            if any_refeed:
                 refed_ids, refed_logp, removed = self._mask_tail(group, group_drop)
                 # removed: [S_g*N] log-prob mass taken off each row (the re-fed token's stays counted)
                 self.side_scores[side_rows] -= removed.view(n_sides, n)
@@ -367,7 +374,8 @@ class GuidanceState:
                 ids = new_tokens.repeat(n_sides, 1)
             group_valid = valid.repeat(n_sides, 1)
             mask = torch.cat([group.mask, group_valid.long()], dim=1)
-            group.longest = int(mask.sum(-1).max().item())
+            group.longest += new_width  # a bound: retractions only shrink rows
+            group.mask = mask
             self._check_length(group, group.longest)
             logits = self._forward(group, ids, mask, last_only=False).float()
             # log p(token_t | prefix): the distribution before position t is last_logp for t=0, logits[t-1] after.
@@ -413,9 +421,6 @@ class GuidanceState:
         # How many attended tokens sit at or after each column.
         from_right = attended.flip(-1).long().cumsum(-1).flip(-1)
         to_mask = attended & (from_right <= (drop + 1)[:, None]) & (drop > 0)[:, None]
-        available = attended.sum(-1)
-        if bool(((drop + 1 > available) & (drop > 0)).any()):
-            raise ValueError("Cannot drop more tokens than a row holds.")
         refed_pos = (attended & (from_right == (drop + 1)[:, None])).long().argmax(-1)
         refed_ids = group.ids.gather(1, refed_pos[:, None]).squeeze(1)
         refed_logp = group.token_logp.gather(1, refed_pos[:, None]).squeeze(1)
@@ -425,7 +430,22 @@ class GuidanceState:
         group.token_logp = torch.where(to_mask, torch.zeros_like(group.token_logp), group.token_logp)
         return refed_ids, refed_logp, removed
 
-    def _check_length(self, group: _Group, length: int) -> None:
+    def _check_drops(self, drop: torch.Tensor) -> None:
+        """Refuse to drop more tokens than a row holds (its prompt's last token stays), on every side."""
+        too_deep = [
+            (
+                (drop.repeat(len(group.side_indices)) + 1 > group.mask.sum(-1))
+                & (drop.repeat(len(group.side_indices)) > 0)
+            ).any()
+            for group in self.groups
+        ]
+        if bool(torch.stack(too_deep).any()):
+            raise ValueError("Cannot drop more tokens than a row holds.")
+
+    def _check_length(self, group: _Group, length: int, exact: bool = False) -> None:
+        """Refuse a row longer than an absolute-position model's table; ``length`` may be a bound."""
+        if group.max_positions is not None and length > group.max_positions and not exact:
+            length = group.longest = int(group.mask.sum(-1).max())  # the bound is too coarse: count
         if group.max_positions is not None and length > group.max_positions:
             raise ValueError(
                 f"A weak-side row would hold {length} tokens, more than the weak model's context of "
