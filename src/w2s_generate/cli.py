@@ -929,9 +929,12 @@ def run_generate(args: argparse.Namespace) -> int:
         _report(f"nothing to do: all {len(records)} prompts already have a result in {out_path}")
         return 1 if bad else 0
 
-    try:  # before the models load: an unwritable --out is found at once
+    try:  # before the models load: an unwritable --out is found at once (and no empty file is left)
         out_path.parent.mkdir(parents=True, exist_ok=True)
+        created = not out_path.exists()
         open(out_path, "a", encoding="utf-8").close()
+        if created:
+            out_path.unlink()
     except OSError as error:
         _report(f"error: cannot write --out {out_path}: {error.strerror or error}")
         return 2
