@@ -18,7 +18,9 @@ TORCH_PIN = os.environ.get("TORCH_PIN", "torch==2.13.0")
 
 
 def run(*command: str | Path, cwd: Path | None = None) -> str:
-    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True)
+    # No PYTHONPATH: the fresh environment must import its own installed copy.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, env=env)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
