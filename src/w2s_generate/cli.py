@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -67,14 +68,25 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         parser.print_help(sys.stderr)
         return 2
+    verbose = getattr(args, "verbose", False)
     try:
-        with _library_messages(verbose=getattr(args, "verbose", False)):
+        with _library_messages(verbose=verbose):
             return command.run(args)
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
         kept = f"; {out} holds every result finished so far, and a rerun resumes after them" if out else ""
         print(f"{PROG}: interrupted{kept}", file=sys.stderr)
         return 130
+    except Exception as error:  # the last resort: one line, not a traceback (--verbose shows it)
+        if verbose:
+            raise
+        out = getattr(args, "out", None)
+        kept = f"; {out} holds every result finished so far, and a rerun resumes after them" if out else ""
+        print(
+            f"{PROG}: error: {type(error).__name__}: {error}{kept} (run with --verbose for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 @contextlib.contextmanager
@@ -140,31 +152,65 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+def _integer(text: str, rule: str, ok: Callable[[int], bool]) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
     return value
+
+
+def _number(text: str, rule: str, ok: Callable[[float], bool]) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+    if not (math.isfinite(value) and ok(value)):  # nan and inf parse as floats: refused here
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, "an integer >= 1", lambda v: v >= 1)
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+    return _integer(text, "an integer >= 0", lambda v: v >= 0)
+
+
+def _seed(text: str) -> int:
+    return _integer(text, "an integer from 0 to 2**63 - 1", lambda v: 0 <= v < 2**63)
+
+
+def _finite_float(text: str) -> float:
+    return _number(text, "a finite number", lambda v: True)
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, "a finite number > 0", lambda v: v > 0)
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
+    return _number(text, "a finite number >= 0", lambda v: v >= 0)
 
 
 def _probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return _number(text, "in (0, 1]", lambda v: 0 < v <= 1)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}), got {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"top_k\": 50}}', got {text!r}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must not hold NaN or Infinity, got {text!r}") from None
     return value
 
 
@@ -182,7 +228,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "on one base (one forward for all of them), weighted by --weights",
     )
     models.add_argument(
-        "--weights", type=float, nargs="+", metavar="W", help="one weight per --adapter (default 1 each)"
+        "--weights",
+        type=_finite_float,
+        nargs="+",
+        metavar="W",
+        help="one weight per --adapter (default 1 each)",
     )
     models.add_argument("--tokenizer", metavar="PATH", help="the large model's tokenizer (default: --model)")
     models.add_argument(
@@ -194,16 +244,29 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     models.add_argument(
         "--api-key-env",
-        default="OPENAI_API_KEY",
         metavar="NAME",
-        help="--endpoint: where the API key is read from",
+        help="--endpoint: the environment variable the API key is read from (default OPENAI_API_KEY)",
     )
     models.add_argument(
         "--extra-body",
-        type=json.loads,
+        type=_json_object,
         metavar="JSON",
         help="--endpoint: more request fields, e.g. '{\"top_k\": 50}' for vLLM (the completions API has no "
         "top_k, so --top-k is not sent by itself)",
+    )
+    models.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="--endpoint: the most one request may take in all, connecting, waiting and reading "
+        "(default 60); a server that trickles bytes is cut off then",
+    )
+    models.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        metavar="N",
+        help="--endpoint: attempts after the first on transient faults (5xx, 429, timeouts, cut-short "
+        "or malformed answers; default 3)",
     )
     models.add_argument(
         "--weak-tokenizer",
@@ -226,7 +289,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "--chunk-length", type=_positive_int, metavar="L", help="cbs: tokens per chunk (default 5)"
     )
     method.add_argument("--n", type=_positive_int, metavar="N", help="bon: number of samples (default 16)")
-    method.add_argument("--beta", type=float, metavar="B", help="token: guidance strength (default 1.0)")
+    method.add_argument(
+        "--beta", type=_finite_float, metavar="B", help="token: guidance strength (default 1.0)"
+    )
 
     io = parser.add_argument_group("prompts and results")
     prompts = io.add_mutually_exclusive_group(required=True)
@@ -265,7 +330,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--top-p", type=_probability, default=1.0, metavar="P", help="default 1.0 (off)")
     sampling.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=0,
         metavar="S",
         help="each generate call seeds with seed + the line number of its (first) prompt, so a resumed "
@@ -335,6 +400,56 @@ def _check_generate_args(parser: argparse.ArgumentParser, args: argparse.Namespa
             f"--temperature 0 is greedy decoding, but --method {args.method} samples its candidates: "
             "give a temperature > 0."
         )
+    if args.weights is not None and not any(args.weights):
+        parser.error(
+            f"--weights {' '.join(map(str, args.weights))}: all zero, so every candidate would score 0 "
+            "(no guidance at all); give at least one weight other than 0."
+        )
+    if args.endpoint is None:
+        for flag, value in (
+            ("--extra-body", args.extra_body),
+            ("--api-key-env", args.api_key_env),
+            ("--timeout", args.timeout),
+            ("--retries", args.retries),
+        ):
+            if value is not None:
+                parser.error(
+                    f"{flag} applies to --endpoint only (a server's request): drop it or add --endpoint URL."
+                )
+    else:
+        try:
+            _sampler(args)
+        except ValueError as error:
+            parser.error(f"--endpoint {args.endpoint}: {error}")
+    if args.prompts is not None and _same_file(args.prompts, args.out):
+        parser.error(
+            f"--out {args.out} is the --prompts file: results would be appended to the prompts; "
+            "write them to another file."
+        )
+
+
+def _sampler(args: argparse.Namespace):
+    """The --endpoint client (the standard library only: nothing heavy is imported)."""
+    from .samplers import CompletionsSampler
+
+    optional = {"timeout": args.timeout, "retries": args.retries}
+    return CompletionsSampler(
+        args.endpoint,
+        args.model,
+        api_key_env=args.api_key_env or "OPENAI_API_KEY",
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        extra_body=args.extra_body,
+        **{key: value for key, value in optional.items() if value is not None},
+    )
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- prompts and results
@@ -384,12 +499,37 @@ def _check_prompt(value: Any, field: str) -> str | list[dict[str, str]]:
     )
 
 
+def _check_unicode(value: Any, path: str = "the line") -> None:
+    """Refuse text with unpaired surrogates (JSON allows ``"\\ud800"``; no tokenizer or file can take it)."""
+    stack = [(value, path)]
+    while stack:  # iterative: the nesting depth is the user's
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(
+                    f"{where} holds an unpaired surrogate ({item[error.start]!r} at character {error.start}), "
+                    "which is not valid Unicode: fix the escape sequence"
+                ) from None
+        elif isinstance(item, dict):
+            stack.extend((k, where) for k in item)
+            stack.extend((v, f'"{k}"') for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, where) for v in item)
+
+
 def parse_prompt_line(text: str, line: int) -> PromptRecord:
     """One JSON line of a prompts file as a ``PromptRecord``; ValueError says what is wrong."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"not valid JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:
+        raise ValueError("not valid JSON here (nested too deeply)") from None
+    except ValueError as error:  # e.g. an integer with more digits than Python converts
+        raise ValueError(f"not valid JSON ({error})") from None
+    _check_unicode(data)
     if not isinstance(data, dict):
         raise ValueError(f'expected a JSON object with a "prompt", got {type(data).__name__}')
     if "prompt" not in data:
@@ -403,16 +543,32 @@ def parse_prompt_line(text: str, line: int) -> PromptRecord:
     return PromptRecord(line, record_id, prompt, weak)
 
 
+def _decode_line(raw: bytes, line: int) -> str:
+    """One line of a JSON-lines file as text (a UTF-8 byte-order mark on line 1 is skipped)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1}): save the file as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff") if line == 1 else text
+
+
 def read_prompts(path: str | os.PathLike) -> tuple[list[PromptRecord], list[BadLine]]:
-    """The prompts of a JSON-lines file and its bad lines (blank lines are ignored)."""
+    """The prompts of a JSON-lines file and its bad lines (blank lines are ignored).
+
+    Lines end at ``\\n`` only (JSON text may hold U+2028 and the like); each line is decoded on its
+    own, so one line that is not UTF-8 is one bad line.
+    """
     records: list[PromptRecord] = []
     bad: list[BadLine] = []
     first_line_of: dict[int | str, int] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
+    with open(path, "rb") as handle:
+        for line, raw in enumerate(handle, start=1):
             try:
+                text = _decode_line(raw, line)
+                if not text.strip():
+                    continue
                 record = parse_prompt_line(text, line)
             except ValueError as error:
                 bad.append(BadLine(line, str(error)))
@@ -454,13 +610,14 @@ def read_done(path: Path) -> tuple[dict, dict | None]:
                 handle.write(b"\n")
     done: dict = {}
     last = None
-    for line, text in enumerate(raw.decode("utf-8").splitlines(), start=1):
-        if not text.strip():
+    # Lines end at b"\n" only: a result may hold U+2028 or U+0085, which str.splitlines would split on.
+    for line, chunk in enumerate(raw.split(b"\n"), start=1):
+        if not chunk.strip():
             continue
         try:
-            result = json.loads(text)
+            result = json.loads(chunk.decode("utf-8"))
             done[result["id"]] = result.get("prompt")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             _report(f"{path}: line {line} is not a result (ignored; its prompt will be answered again)")
             continue
         last = result
@@ -539,14 +696,16 @@ def load_strong(args: argparse.Namespace):
         kwargs["device_map"] = args.device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # a broken config or weights file may raise anything
         hint = _load_hint(error, args.allow_pickle)
-        raise LoadError(f"could not load --model {args.model}{hint}: {error}") from error
+        raise LoadError(f"could not load --model {args.model}{hint}: {_reason(error)}") from error
     source = args.tokenizer or args.model
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise LoadError(f"could not load the large model's tokenizer from {source}: {error}") from error
+    except Exception as error:
+        raise LoadError(
+            f"could not load the large model's tokenizer from {source}: {_reason(error)}"
+        ) from error
     _check_tokenizer_size(tokenizer, _output_rows(model), source, "--tokenizer")
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
@@ -584,9 +743,9 @@ def load_pair(args: argparse.Namespace):
         load = lambda: WeakPair.from_pretrained(args.tuned, args.untuned, **kwargs)  # noqa: E731
     try:
         pair = load()
-    except (OSError, ValueError) as error:
+    except Exception as error:
         hint = _load_hint(error, args.allow_pickle)
-        raise LoadError(f"could not load the weak pair {what}{hint}: {error}") from error
+        raise LoadError(f"could not load the weak pair {what}{hint}: {_reason(error)}") from error
     _check_tokenizer_size(pair.tokenizer, pair.vocab_rows, args.weak_tokenizer or what, "--weak-tokenizer")
     return pair
 
@@ -596,15 +755,22 @@ def _output_rows(model) -> int:
 
 
 def _check_tokenizer_size(tokenizer, rows: int, source: str, flag: str) -> None:
-    """Refuse a tokenizer far smaller than its model's vocabulary.
+    """Refuse a tokenizer that cannot be its model's (see ``pairs.clearly_not_its_tokenizer``).
 
     transformers 5 builds an empty tokenizer (one token) for a checkpoint folder without tokenizer
     files instead of failing; every prompt would then encode to nothing.
     """
+    from .pairs import clearly_not_its_tokenizer
+
     if len(tokenizer) < rows // 2:
         raise LoadError(
             f"the tokenizer loaded for {source} has {len(tokenizer)} tokens but its model {rows} output rows: "
             f"the folder probably holds no tokenizer files. Save the tokenizer next to the model or pass {flag}."
+        )
+    if clearly_not_its_tokenizer(len(tokenizer), rows):
+        raise LoadError(
+            f"the tokenizer loaded for {source} has {len(tokenizer)} tokens but its model {rows} output rows: "
+            f"it is not that model's tokenizer. Pass {flag} with the tokenizer the model was trained with."
         )
 
 
@@ -691,9 +857,50 @@ class Prepared:
     text: str | None = None  # the prompt as text, for --endpoint
 
 
+def _context(model) -> int | None:
+    """The hard context of a model with a learned position table (GPT-2's 1024), else None."""
+    from .scoring import _max_positions
+
+    return _max_positions(model)
+
+
+def _check_fits(length: int, room: int, limit: int | None, whose: str, args) -> None:
+    """ValueError unless ``length`` prompt tokens plus ``room`` new ones fit in ``limit`` positions."""
+    if limit is None or length + room <= limit:
+        return
+    if length >= limit:
+        raise ValueError(
+            f"the prompt is {length} tokens for {whose}, whose context holds {limit}: shorten the prompt"
+        )
+    raise ValueError(
+        f"the prompt is {length} tokens and --max-new-tokens {args.max_new_tokens} for {whose}, whose context "
+        f"holds {limit}: shorten the prompt or pass --max-new-tokens {limit - length} or less"
+    )
+
+
+def _weak_lengths(pair, weak) -> list[tuple[int, Any]]:
+    """``(prompt tokens, model)`` for each side of the pair (a conditioned side reads its condition too)."""
+    plain = len(pair.encode_prompt(weak))
+    return [
+        (
+            plain if side.condition is None else len(pair.encode_prompt(weak, side.condition_for(weak))),
+            side.model,
+        )
+        for side in pair.sides
+    ]
+
+
 def _prepare(
-    records: Iterable[PromptRecord], strong_tokenizer, pair, args
+    records: Iterable[PromptRecord], strong_tokenizer, pair, args, strong_model=None
 ) -> tuple[list[Prepared], list[BadLine]]:
+    """Encode each prompt and check it fits both contexts, so that no prompt fails after generating."""
+    strong_limit = None if strong_model is None else _context(strong_model)
+    # The pair reads the large model's own tokens (so a response adds at most --max-new-tokens to the
+    # weak side too) unless text is bridged across tokenizers or comes from a server.
+    shared = args.method == "token" or (
+        args.endpoint is None and pair.tokenizer.get_vocab() == strong_tokenizer.get_vocab()
+    )
+    weak_room = args.max_new_tokens if shared else 1
     prepared, bad = [], []
     for record in records:
         try:
@@ -702,6 +909,7 @@ def _prepare(
                 ids, text = None, strong_prompt_text(record, strong_tokenizer, args)
             else:
                 ids = strong_prompt_ids(record, strong_tokenizer, args)
+                _check_fits(len(ids), args.max_new_tokens, strong_limit, "the large model", args)
             if args.method == "token":
                 if record.weak_prompt is not None:
                     raise ValueError(
@@ -709,14 +917,25 @@ def _prepare(
                         "model's own prompt tokens); use --method cbs or bon"
                     )
                 weak = None
+                lengths = [(len(ids), side.model) for side in pair.sides]
             else:
                 weak = weak_prompt(record, pair, args)
-                pair.encode_prompt(weak)  # fail here, on this line, rather than inside the search
+                lengths = _weak_lengths(pair, weak)  # fail here, on this line, rather than inside the search
+            for length, model in lengths:
+                _check_fits(length, weak_room, _context(model), "the weak pair", args)
         except Exception as error:  # a chat template may raise anything (jinja errors included)
-            bad.append(BadLine(record.line, f"id {json.dumps(record.id)}: {error}"))
+            bad.append(BadLine(record.line, f"id {json.dumps(record.id)}: {_reason(error)}"))
             continue
         prepared.append(Prepared(record, ids, weak, text))
     return prepared, bad
+
+
+def _reason(error: BaseException) -> str:
+    """An exception as one line: our own (ValueError, RuntimeError) by message, others by type too."""
+    text = " ".join(str(error).split()) or "(no message)"
+    if type(error) in (ValueError, RuntimeError) or type(error).__module__.startswith("w2s_generate"):
+        return text
+    return f"{type(error).__name__}: {text}"
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -860,14 +1079,16 @@ def _load(args: argparse.Namespace):
             check_shared_vocabulary(pair, tokenizer)
         except ValueError as error:
             raise LoadError(f"--method token: {error}") from error
-    return enable(model), tokenizer, pair, make_strategy(args, pair, tokenizer)
+    try:
+        strategy = make_strategy(args, pair, tokenizer)
+    except (ValueError, TypeError) as error:
+        raise LoadError(f"--method {args.method}: {error}") from error
+    return enable(model), tokenizer, pair, strategy
 
 
 def _load_remote(args: argparse.Namespace):
     """``(sampler, tokenizer or None, pair, strategy)`` for --endpoint."""
     from transformers import AutoTokenizer
-
-    from .samplers import CompletionsSampler
 
     tokenizer = None
     if args.tokenizer is not None:
@@ -875,22 +1096,61 @@ def _load_remote(args: argparse.Namespace):
             tokenizer = AutoTokenizer.from_pretrained(
                 args.tokenizer, trust_remote_code=args.trust_remote_code
             )
-        except (OSError, ValueError) as error:
-            raise LoadError(f"could not load --tokenizer {args.tokenizer}: {error}") from error
+        except Exception as error:
+            raise LoadError(f"could not load --tokenizer {args.tokenizer}: {_reason(error)}") from error
     try:
-        sampler = CompletionsSampler(
-            args.endpoint,
-            args.model,
-            api_key_env=args.api_key_env,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-            extra_body=args.extra_body,
-        )
+        sampler = _sampler(args)
     except ValueError as error:
         raise LoadError(f"--endpoint: {error}") from error
     pair = load_pair(args)
     return sampler, tokenizer, pair, make_strategy(args, pair, tokenizer)
+
+
+def _result_line(item: Prepared, text: Any, log_ratio: Any, settings: dict, args) -> str:
+    """One line of --out as text; ValueError when the result is not one to keep."""
+    if not isinstance(text, str):
+        raise ValueError(f"the response is a {type(text).__name__}, not text: {text!r:.80}")
+    if log_ratio is not None and not math.isfinite(log_ratio):
+        raise ValueError(
+            f"the pair scored the response {log_ratio}: a log-ratio must be a finite number (weights or "
+            "weak models that produce NaN/inf?); not written"
+        )
+    line = json.dumps(_result(item, text, log_ratio, settings, args), ensure_ascii=False, allow_nan=False)
+    line.encode("utf-8")  # UnicodeEncodeError (a ValueError) before anything is written
+    return line
+
+
+def _answer(model, tokenizer, strategy, batch: list[Prepared], settings: dict, args):
+    """``(item, result line or BadLine)`` for each prompt of ``batch``.
+
+    Any exception is this batch's failure, never the run's. A failed batch of several prompts is
+    tried again one prompt at a time, so one bad prompt never takes good ones down with it (and a
+    rerun is never stuck on it).
+    """
+    try:
+        texts, log_ratios = _generate_batch(model, tokenizer, strategy, batch, args)
+        if len(texts) != len(batch) or (log_ratios is not None and len(log_ratios) != len(batch)):
+            raise RuntimeError(f"{len(texts)} responses came back for {len(batch)} prompts")
+    except Exception as error:  # a prompt too long, a server down, a bug: the others may still work
+        if len(batch) > 1:
+            return [
+                done for item in batch for done in _answer(model, tokenizer, strategy, [item], settings, args)
+            ]
+        return [
+            (
+                batch[0],
+                BadLine(batch[0].record.line, f"id {json.dumps(batch[0].record.id)}: {_reason(error)}"),
+            )
+        ]
+    seeded = {**settings, "seed": args.seed + batch[0].record.line}
+    outcomes: list[tuple[Prepared, str | BadLine]] = []
+    for i, item in enumerate(batch):
+        ratio = None if log_ratios is None else log_ratios[i]
+        try:
+            outcomes.append((item, _result_line(item, texts[i], ratio, seeded, args)))
+        except ValueError as error:
+            outcomes.append((item, BadLine(item.record.line, f"id {json.dumps(item.record.id)}: {error}")))
+    return outcomes
 
 
 def _result(item: Prepared, text: str, log_ratio: float | None, settings: dict, args) -> dict[str, Any]:
@@ -946,7 +1206,7 @@ def run_generate(args: argparse.Namespace) -> int:
         except LoadError as error:
             _report(f"error: {error}")
             return 2
-    prepared, unprepared = _prepare(pending, tokenizer, pair, args)
+    prepared, unprepared = _prepare(pending, tokenizer, pair, args, None if args.endpoint else model)
     for line in unprepared:
         _report(str(line))
     bad += unprepared
@@ -964,21 +1224,12 @@ def run_generate(args: argparse.Namespace) -> int:
                 f"{PROG}: resuming: {len(records) - len(pending)} prompts already done", file=sys.stderr
             )
         for batch in _batches(prepared, args.batch_size):
-            try:
-                texts, log_ratios = _generate_batch(model, tokenizer, strategy, batch, args)
-            except (
-                ValueError,
-                RuntimeError,
-            ) as error:  # a prompt too long, a server down: the others may still work
-                failed = [BadLine(p.record.line, f"id {json.dumps(p.record.id)}: {error}") for p in batch]
-                for line in failed:
-                    bar.write(f"{PROG}: {line}", file=sys.stderr)
-                bad += failed
-            else:
-                seeded = {**settings, "seed": args.seed + batch[0].record.line}
-                for i, (item, text) in enumerate(zip(batch, texts)):
-                    ratio = None if log_ratios is None else log_ratios[i]
-                    out.write(json.dumps(_result(item, text, ratio, seeded, args), ensure_ascii=False) + "\n")
+            for _, outcome in _answer(model, tokenizer, strategy, batch, settings, args):
+                if isinstance(outcome, BadLine):
+                    bar.write(f"{PROG}: {outcome}", file=sys.stderr)
+                    bad.append(outcome)
+                else:
+                    out.write(outcome + "\n")
                     out.flush()
             bar.update(len(batch))
     if bad:
@@ -1008,7 +1259,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--chunk-length", type=_positive_int, default=5, metavar="L", help="CBS chunk length (default 5)"
     )
-    parser.add_argument("--beta", type=float, default=1.0, help="token guidance strength (default 1.0)")
+    parser.add_argument(
+        "--beta", type=_finite_float, default=1.0, help="token guidance strength (default 1.0)"
+    )
     parser.add_argument("--max-new-tokens", type=_positive_int, default=40, metavar="N", help="default 40")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="default 0")
     parser.add_argument("--out-dir", default="w2s-demo", metavar="DIR", help="where the table and plot go")

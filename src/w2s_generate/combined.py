@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,6 +13,21 @@ from transformers import PreTrainedTokenizerBase
 
 from .pairs import Prompt, WeakPair, _check_causal_lm, _load_kwargs, load_adapters
 from .scoring import Side
+
+
+def _check_weights(weights: Sequence[object]) -> None:
+    """Refuse weights that are not finite real numbers, or all zero (no guidance at all)."""
+    for i, weight in enumerate(weights):
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+            raise ValueError(
+                f"weight {i} is {weight!r}: each weight must be a finite number (NaN or inf would make every "
+                "score NaN or inf)."
+            )
+    if weights and not any(weights):
+        raise ValueError(
+            f"All weights are 0 ({list(weights)}): every candidate would score 0, which is no guidance at all; "
+            "give at least one weight other than 0."
+        )
 
 
 class PromptPair(WeakPair):
@@ -72,6 +89,7 @@ class GuidanceEnsemble(WeakPair):
         for item in members:
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], WeakPair)):
                 raise TypeError(f"Each member must be a (WeakPair, weight) tuple; got {item!r}.")
+        _check_weights([weight for _, weight in members])
         names = list(names) if names is not None else [f"pair{i}" for i in range(len(members))]
         if len(names) != len(members) or len(set(names)) != len(names):
             raise ValueError(f"names must be {len(members)} distinct names; got {names}.")
@@ -122,11 +140,16 @@ class GuidanceEnsemble(WeakPair):
             >>> both.score(["the film was"], [" great"])
             tensor([...])
         """
+        if isinstance(adapters, (str, os.PathLike)):
+            raise TypeError(
+                f"adapters must be a list of adapter folders or ids; wrap it: [{str(adapters)!r}]."
+            )
         weights = [1.0] * len(adapters) if weights is None else list(weights)
         if len(weights) != len(adapters) or not adapters:
             raise ValueError(
                 f"Give one weight per adapter: {len(adapters)} adapters, {len(weights)} weights."
             )
+        _check_weights(weights)
         names = (
             [Path(str(a)).name or f"pair{i}" for i, a in enumerate(adapters)]
             if names is None

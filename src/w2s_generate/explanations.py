@@ -59,9 +59,18 @@ def explain(
         >>> explain(model, tokenizer, ["Write a haiku about rain."], max_new_tokens=16)
         ['...']
     """
-    if "{prompt}" not in instruction:
+    if not isinstance(instruction, str) or "{prompt}" not in instruction:
         raise ValueError("instruction must contain '{prompt}', where each prompt goes.")
-    texts = [instruction.format(prompt=_as_text(p)) for p in prompts]
+    if isinstance(prompts, str) or len(prompts) == 0:
+        raise ValueError(f"prompts must be a non-empty list of prompts; got {prompts!r:.60}.")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}.")
+    try:
+        texts = [instruction.format(prompt=_as_text(p)) for p in prompts]
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"instruction has a brace field other than {{prompt}} ({error!r}): write literal braces as {{{{ and }}}}."
+        ) from None
     if getattr(tokenizer, "chat_template", None):
         texts = [
             tokenizer.apply_chat_template(
@@ -69,9 +78,15 @@ def explain(
             )
             for t in texts
         ]
-        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    else:
-        encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # a decoder-only model continues each row from its last token
+    try:
+        if getattr(tokenizer, "chat_template", None):
+            encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        else:
+            encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = side
     encoded = {k: v.to(model.device) for k, v in encoded.items()}
     settings = {"do_sample": False, "max_new_tokens": max_new_tokens, **generate_kwargs}
     if tokenizer.pad_token_id is not None:
@@ -102,9 +117,26 @@ def explanation_pair(
         >>> inputs = tok(prompts, return_tensors="pt", padding=True)
         >>> out = model.generate(**inputs, custom_generate=ChunkBeamSearch(pair), do_sample=True, max_new_tokens=10)
     """
+    for name, value in (("prompts", prompts), ("explanations", explanations)):
+        if isinstance(value, str):
+            raise ValueError(
+                f"{name} must be a list (one entry per prompt); got a str: wrap it, [{value!r:.40}]."
+            )
     if len(prompts) != len(explanations):
         raise ValueError(f"{len(prompts)} prompts but {len(explanations)} explanations: give one per prompt.")
-    table = {_key(p, small_tokenizer): e for p, e in zip(prompts, explanations)}
+    table: dict[str, str] = {}
+    for i, (prompt, explanation) in enumerate(zip(prompts, explanations)):
+        if not isinstance(explanation, str) or not explanation.strip():
+            raise ValueError(
+                f"explanations[{i}] is {explanation!r:.60}: each explanation must be a non-empty text (an empty one "
+                "would make the pair's two sides read the same, so it would not guide at all)."
+            )
+        key = _key(prompt, small_tokenizer)
+        if table.get(key, explanation) != explanation:
+            raise ValueError(
+                f"prompts[{i}] ({prompt!r:.60}) appears twice with different explanations; one prompt has one."
+            )
+        table[key] = explanation
 
     def condition(prompt: Prompt) -> str:
         try:

@@ -70,6 +70,11 @@ class TokenGuidance(Strategy):
     def __call__(
         self, model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs
     ):
+        if getattr(model.config, "is_encoder_decoder", False):
+            raise ValueError(
+                f"TokenGuidance drives decoder-only models; {model.config.model_type} is encoder-decoder: the "
+                "weak pair would score the decoder's tokens without the encoder's input."
+            )
         if self.bound_tokenizer is not None:
             check_shared_vocabulary(self.pair, self.bound_tokenizer)
         processor = WeakToStrongLogitsProcessor(

@@ -44,6 +44,40 @@ def _vocab_rows(model: torch.nn.Module) -> int:
     return int(_unwrap(model).get_output_embeddings().weight.shape[0])
 
 
+def clearly_not_its_tokenizer(tokens: int, rows: int) -> bool:
+    """Whether a tokenizer of ``tokens`` tokens cannot be the one of a model with ``rows`` output rows.
+
+    More tokens than rows never fit. Fewer are normal where the table is padded for speed (GPT-2:
+    50257 tokens in 50304 rows; Qwen2: 151646 in 151936; Phi-2: 50295 in 51200, under 2%), so only a
+    shortfall beyond ``max(2% of rows, 128)`` is taken as another model's tokenizer.
+    """
+    return tokens > rows or rows - tokens > max(0.02 * rows, 128)
+
+
+def _check_weights_format(path: str | os.PathLike, allow_pickle: bool, role: str) -> None:
+    """Refuse a local checkpoint with pickle weights only, naming ``allow_pickle=True`` (an OSError, as
+    transformers raises for weights it cannot find)."""
+    folder = Path(path)
+    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in [*folder.glob("*.bin"), *folder.glob("*.pt"), *folder.glob("*.pth")])
+    if pickles:
+        raise OSError(
+            f"{role}={str(path)!r} has only pickle weights ({', '.join(pickles)}) and no .safetensors: only "
+            "safetensors load by default, since unpickling can run code. Re-save it with "
+            "save_pretrained(safe_serialization=True), or pass allow_pickle=True if you trust its source."
+        )
+
+
+def _check_sequence(value: object, name: str) -> None:
+    """Refuse a lone text where a list is expected (a string is a sequence of one-letter prompts)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence | torch.Tensor):
+        raise TypeError(
+            f"{name} must be a list (one entry per row); got a {type(value).__name__}"
+            + (f": wrap it, [{value!r:.40}]" if isinstance(value, str) else ".")
+        )
+
+
 class WeakPair:
     """A tuned and an untuned small causal LM scoring ``log p_tuned(y|x) - log p_untuned(y|x)``.
 
@@ -88,6 +122,11 @@ class WeakPair:
         coefficients: list[float],
         components: dict[str, list[float]] | None = None,
     ) -> None:
+        if not isinstance(tokenizer, PreTrainedTokenizerBase):
+            raise TypeError(
+                f"tokenizer must be a transformers tokenizer; got a {type(tokenizer).__name__} ({tokenizer!r:.60}). "
+                "Load it with AutoTokenizer.from_pretrained(...)."
+            )
         self.tokenizer = tokenizer
         self.sides = sides
         self.coefficients = coefficients
@@ -103,6 +142,12 @@ class WeakPair:
             raise ValueError(
                 f"The tokenizer has {len(tokenizer)} tokens but the weak models only {rows} output rows: "
                 "pass the tokenizer the weak models were trained with."
+            )
+        if clearly_not_its_tokenizer(len(tokenizer), rows):
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens but the weak models {rows} output rows, more than "
+                "padding of the table explains: it is another model's tokenizer. Pass the tokenizer the weak "
+                "models were trained with."
             )
         self.vocab_rows = rows
 
@@ -193,8 +238,10 @@ class WeakPair:
                 f"untuned is missing: {str(tuned)!r} is a full checkpoint, not a LoRA adapter, so the pair needs "
                 "the untuned checkpoint too, e.g. WeakPair.from_pretrained('lvwerra/gpt2-imdb', 'gpt2')."
             )
-        tuned_model = AutoModelForCausalLM.from_pretrained(tuned, **load)
-        untuned_model = AutoModelForCausalLM.from_pretrained(untuned, **load)
+        _check_weights_format(tuned, allow_pickle, "tuned")
+        _check_weights_format(untuned, allow_pickle, "untuned")
+        tuned_model = _from_pretrained(tuned, load, allow_pickle)
+        untuned_model = _from_pretrained(untuned, load, allow_pickle)
         tok = _load_tokenizer(tokenizer, [tuned, untuned], trust_remote_code)
         return cls(tuned_model, untuned_model, tok)
 
@@ -214,6 +261,11 @@ class WeakPair:
         preceding paragraph for text and token-id prompts.
         """
         tok = self.tokenizer
+        if condition is not None and (not isinstance(condition, str) or not condition.strip()):
+            raise ValueError(
+                f"The condition for the prompt {prompt!r:.60} is {condition!r:.60}: a conditioned side needs a "
+                "non-empty text (an empty one would make both sides read the same)."
+            )
         if isinstance(prompt, torch.Tensor):
             prompt = [int(t) for t in prompt.tolist()]
         if isinstance(prompt, str):
@@ -225,6 +277,7 @@ class WeakPair:
             )
         items = list(prompt)
         if items and all(isinstance(t, int) for t in items):
+            self._check_ids(items, "prompt")
             if condition is None:
                 return items
             return list(tok(condition + CONDITION_SEPARATOR, add_special_tokens=True)["input_ids"]) + items
@@ -246,9 +299,21 @@ class WeakPair:
         """Weak-side token ids of a response (text is encoded without special tokens)."""
         if isinstance(response, str):
             return list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+        # Response ids are not range-checked here: an id past the table fails inside the forward
+        # (tests/test_pairs.py uses exactly that failure to check that no adapter hooks are left).
         if isinstance(response, torch.Tensor):
             return [int(t) for t in response.tolist()]
         return [int(t) for t in response]
+
+    def _check_ids(self, ids: list[int], what: str) -> list[int]:
+        """``ids`` if each is a row of the weak models' table, else a ValueError naming the first bad one."""
+        bad = next((t for t in ids if not 0 <= t < self.vocab_rows), None)
+        if bad is not None:
+            raise ValueError(
+                f"A {what} holds token id {bad}, outside the weak models' {self.vocab_rows} rows: token ids must "
+                "come from the pair's tokenizer (give text to have them encoded)."
+            )
+        return ids
 
     # ------------------------------------------------------------------ scoring
     def start(self, prompts: Sequence[Prompt]) -> GuidanceState:
@@ -261,6 +326,7 @@ class WeakPair:
             >>> state.extend(torch.tensor([[218, 257]]))   # the log-ratio of the two tokens so far
             tensor([...])
         """
+        _check_sequence(prompts, "prompts")
         plain = [self.encode_prompt(p) for p in prompts]
         per_side = [
             plain
@@ -278,6 +344,8 @@ class WeakPair:
             >>> pair.score(["Review:", "Review:"], [" Great.", " Awful."])
             tensor([..., ...])
         """
+        _check_sequence(prompts, "prompts")
+        _check_sequence(responses, "responses")
         if len(prompts) != len(responses):
             raise ValueError(
                 f"{len(prompts)} prompts but {len(responses)} responses: give one response per prompt."
@@ -293,6 +361,19 @@ class WeakPair:
             for s in self.sides
         )
         return f"{type(self).__name__}({kinds})"
+
+
+def _from_pretrained(path: str | os.PathLike, load: dict[str, Any], allow_pickle: bool) -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_pretrained``; a missing-safetensors error says how to go on."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **load)
+    except OSError as error:
+        if allow_pickle or "safetensors" not in str(error):
+            raise
+        raise OSError(
+            f"{error}\n{str(path)!r} seems to have no safetensors weights; only those load by default. Pass "
+            "allow_pickle=True to load .bin (pickle) weights if you trust the source."
+        ) from error
 
 
 def _load_kwargs(
@@ -328,7 +409,8 @@ def load_adapters(
         raise ValueError(
             f"The adapters have different base models ({sorted(set(bases))}): adapters sharing one forward need one base."
         )
-    base = AutoModelForCausalLM.from_pretrained(bases[0], **load)
+    _check_weights_format(bases[0], allow_pickle, "the adapters' base model")
+    base = _from_pretrained(bases[0], load, allow_pickle)
     peft_model = PeftModel.from_pretrained(base, folders[0], adapter_name=names[0])
     for folder, name in zip(folders[1:], names[1:]):
         peft_model.load_adapter(folder, adapter_name=name)

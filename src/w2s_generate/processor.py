@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
@@ -14,15 +15,32 @@ from .scoring import GuidanceState
 def check_shared_vocabulary(pair: WeakPair, strong_tokenizer: PreTrainedTokenizerBase) -> None:
     """Raise unless the large model's tokenizer maps every token to the same id as the pair's.
 
-    Extra tokens beyond the pair's vocabulary are only allowed as unused padding rows.
+    The decision is made on the two token -> id maps, never on sizes: two tokenizers of one size can
+    still give a token different ids. Rows of the large model's table past its tokenizer (padding) are
+    never real tokens and do not count.
     """
+    if not hasattr(strong_tokenizer, "get_vocab"):
+        raise TypeError(
+            f"the large model's tokenizer must be a transformers tokenizer; got a {type(strong_tokenizer).__name__}."
+        )
     weak_vocab = pair.tokenizer.get_vocab()
     strong_vocab = strong_tokenizer.get_vocab()
     if weak_vocab != strong_vocab:
+        example = next(
+            (
+                f"{t!r} is {i} for the large model but "
+                + (f"{weak_vocab[t]} for the pair" if t in weak_vocab else "not in the pair's")
+                for t, i in sorted(strong_vocab.items(), key=lambda item: item[1])
+                if weak_vocab.get(t) != i
+            ),
+            None,
+        ) or next(
+            f"{t!r} ({i}) is only in the pair's" for t, i in weak_vocab.items() if t not in strong_vocab
+        )
         raise ValueError(
             f"The large model's tokenizer ({len(strong_vocab)} tokens) and the weak pair's ({len(weak_vocab)} tokens) "
-            "differ: token-level guidance needs a shared vocabulary. Use w2s.ChunkBeamSearch, which bridges "
-            "tokenizers through text."
+            f"differ ({example}): token-level guidance needs a shared vocabulary. Use w2s.ChunkBeamSearch, which "
+            "bridges tokenizers through text."
         )
 
 
@@ -64,8 +82,17 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
     ) -> None:
         if not isinstance(pair, WeakPair):
             raise TypeError(f"pair must be a w2s_generate.WeakPair; got {type(pair).__name__}.")
-        if not isinstance(beta, (int, float)) or not math.isfinite(beta):
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta):
             raise ValueError(f"beta must be a finite number; got {beta!r}.")
+        if pad_token_id is not None and (
+            isinstance(pad_token_id, bool)
+            or not isinstance(pad_token_id, numbers.Integral)
+            or not 0 <= pad_token_id < pair.vocab_rows
+        ):
+            raise ValueError(
+                f"pad_token_id must be a token id of the pair's vocabulary (0 to {pair.vocab_rows - 1}); "
+                f"got {pad_token_id!r}."
+            )
         if strong_tokenizer is not None:
             check_shared_vocabulary(pair, strong_tokenizer)
         self.pair = pair

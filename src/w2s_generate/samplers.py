@@ -1,20 +1,28 @@
 """Where candidate chunks come from when the large model is reached only as text: a completions server.
 
-[`CompletionsSampler`][w2s_generate.CompletionsSampler] talks to any OpenAI-compatible ``/v1/completions`` endpoint (vLLM, TGI,
-SGLang, llama.cpp, ``transformers serve``). It asks for ``n=K`` samples per request where the server
-honours ``n`` and otherwise sends K requests; all requests of a round run concurrently in a bounded
-pool, with timeouts and retries with backoff on transient errors. No request is silently dropped:
-a sample that cannot be had raises [`RemoteSamplerError`][w2s_generate.RemoteSamplerError].
+[`CompletionsSampler`][w2s_generate.CompletionsSampler] talks to any OpenAI-compatible
+``/v1/completions`` endpoint (vLLM, TGI, SGLang, llama.cpp, ``transformers serve``). It asks for
+``n=K`` samples per request where the server honours ``n`` and otherwise sends K requests; all
+requests of a round run concurrently in a bounded pool, with timeouts and retries with backoff on
+transient errors. No request is silently dropped: a sample that cannot be had raises
+[`RemoteSamplerError`][w2s_generate.RemoteSamplerError].
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import json
+import math
+import numbers
 import os
 import random
+import socket
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -82,6 +90,170 @@ class _Transient(Exception):
     """A failure worth retrying (5xx, 429, timeout, broken connection, malformed JSON)."""
 
 
+#: Request fields the sampler sets itself, and where to set them instead: given in ``extra_body``
+#: they would silently change what is asked for (``echo`` would even return the prompt as the chunk).
+_OWN_FIELDS = {
+    "model": "the model argument",
+    "prompt": "the prefixes given to sample()",
+    "n": "use_n=",
+    "max_tokens": "the chunk length the search asks for",
+    "seed": "seed= (each request then gets its own seed)",
+    "temperature": "temperature=",
+    "top_p": "top_p=",
+    "stop": "stop=",
+    "stream": "nothing: the sampler reads whole answers",
+    "echo": "nothing: an echoed prompt would be scored as the response",
+}
+#: An answer larger than this is refused (chunks are a few tokens; this is a server gone wrong).
+MAX_ANSWER_BYTES = 32 * 2**20
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_header_value(value: str, what: str) -> None:
+    """Refuse a key with whitespace or control characters (it would be sent broken, or not at all)."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(
+            f"{what} contains whitespace or a control character (a newline copied with it?): strip it. "
+            "The key itself is not shown."
+        )
+
+
+def parse_completions(raw: bytes, n: int) -> list[Chunk]:
+    """The chunks of one ``/v1/completions`` answer body, in ``index`` order.
+
+    Raises ``_Transient`` (retried) for a body that is not JSON, is cut short, carries an ``error``
+    object or holds no or too many choices; [`RemoteSamplerError`][w2s_generate.RemoteSamplerError]
+    for a JSON answer of the wrong shape (a ``text`` that is ``null`` or a number, ``choices`` that is
+    not a list): that server does not speak the completions protocol, and asking again will not help.
+    """
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, a cut-off body, absurd nesting
+        raise _Transient(f"malformed response ({type(error).__name__}): {raw[:200]!r}") from None
+    if isinstance(data, dict) and "error" in data:
+        raise _Transient(f"the server answered with an error: {json.dumps(data['error'])[:300]}")
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise RemoteSamplerError(
+            'expected a JSON object with a "choices" list (an OpenAI-compatible /v1/completions answer), got '
+            f"{json.dumps(data)[:200]}: check that the URL is the server's /v1 base and that it serves completions."
+        )
+    chunks: list[tuple[int, int, Chunk]] = []
+    for i, choice in enumerate(data["choices"]):
+        if not isinstance(choice, dict):
+            raise RemoteSamplerError(f"choices[{i}] is {json.dumps(choice)[:80]}, not an object.")
+        text, index, reason = choice.get("text"), choice.get("index", 0), choice.get("finish_reason")
+        if not isinstance(text, str):
+            raise RemoteSamplerError(
+                f'choices[{i}]["text"] is {json.dumps(text)[:80]}, not a string: the server did not return '
+                "completion text (a chat-completions endpoint, or a server bug); refusing to use it as text."
+            )
+        if not _is_int(index):
+            raise RemoteSamplerError(f'choices[{i}]["index"] is {json.dumps(index)[:80]}, not an integer.')
+        if reason is not None and not isinstance(reason, str):
+            raise RemoteSamplerError(
+                f'choices[{i}]["finish_reason"] is {json.dumps(reason)[:80]}, not a string or null.'
+            )
+        chunks.append((index, i, Chunk(text, reason == "stop")))
+    if not chunks or len(chunks) > n:
+        raise _Transient(f"expected 1 to {n} choices, got {len(chunks)}")
+    return [chunk for _, _, chunk in sorted(chunks, key=lambda c: c[:2])]
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # The plain socket call: an SSL socket's own shutdown would unwrap it under its reader.
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Deadline:
+    """One request's total time limit: when it passes, the request's sockets are shut down.
+
+    urllib's ``timeout`` bounds each socket operation, so a server that sends a byte now and then
+    could hold a request for ever; shutting the socket down ends any read blocked on it.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _watched(connection_class: type, deadline: _Deadline) -> type:
+    class Watched(connection_class):
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    return Watched
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_watched(http_class, self.deadline), req, **kwargs)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_watched(http_class, self.deadline), req, **kwargs)
+
+
+def _read_body(response) -> bytes:
+    """The whole body; ``IncompleteRead`` when the connection ends before its Content-Length."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        piece = response.read(65536)
+        if not piece:
+            break
+        parts.append(piece)
+        size += len(piece)
+        if size > MAX_ANSWER_BYTES:
+            raise RemoteSamplerError(
+                f"the answer is larger than {MAX_ANSWER_BYTES} bytes: refusing to read on."
+            )
+    body = b"".join(parts)
+    missing = getattr(response, "length", None)
+    if missing:  # http.client returns a short body from read(amt) without complaint
+        raise http.client.IncompleteRead(body, missing)
+    return body
+
+
 class CompletionsSampler:
     """Sample chunks from an OpenAI-compatible completions endpoint.
 
@@ -92,16 +264,19 @@ class CompletionsSampler:
         api_key_env: where to read the key from (``OPENAI_API_KEY``); no key is sent if unset.
         temperature: sampling temperature.
         top_p: nucleus sampling.
-        stop: stop sequences (the response ends there).
+        stop: stop sequences (the response ends there); one string is one stop sequence.
         use_n: ask for ``n`` samples per request; switched off for good when the server returns fewer.
         max_workers: requests in flight at once.
-        timeout: seconds per request.
-        retries: attempts after the first on transient errors (5xx, 429, timeouts, malformed JSON).
+        timeout: seconds per request attempt in all (connecting, waiting and reading): a server that
+            trickles bytes cannot hold a request longer.
+        retries: attempts after the first on transient errors (5xx, 429, timeouts, broken or cut-short
+            answers, malformed JSON).
         backoff: first retry delay in seconds; doubles each retry.
         seed: base seed for reproducible runs: each request's seed is derived from it, the prompt text
             and the sample's index, so it does not depend on request order or on earlier requests.
         extra_body: more request fields for a given server (vLLM's ``top_k``, ``transformers
-            serve``'s ``generation_config``).
+            serve``'s ``generation_config``); fields the sampler sets itself (``prompt``, ``n``,
+            ``seed``, ``temperature``, ...) are refused there.
 
     Examples:
         >>> sampler = CompletionsSampler("http://127.0.0.1:8000/v1", "meta-llama/Llama-3.1-70B")  # doctest: +SKIP
@@ -126,15 +301,87 @@ class CompletionsSampler:
         seed: int | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://; got {base_url!r}.")
-        if max_workers < 1 or retries < 0 or timeout <= 0:
+        try:
+            host = urllib.parse.urlsplit(base_url).hostname
+            urllib.parse.urlsplit(base_url).port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as error:
+            raise ValueError(f"base_url={base_url!r} is not a valid URL: {error}.") from None
+        if not host or any(c.isspace() or ord(c) < 32 for c in base_url):
             raise ValueError(
-                f"max_workers must be >= 1, retries >= 0 and timeout > 0; got {max_workers}, {retries}, {timeout}."
+                f"base_url={base_url!r} is not a valid URL (no host, or whitespace in it); "
+                "e.g. http://127.0.0.1:8000/v1."
             )
+        if base_url.rstrip("/").endswith("/completions"):
+            raise ValueError(
+                f"base_url={base_url!r} already ends with /completions: give the server's base URL "
+                "(e.g. http://127.0.0.1:8000/v1); the sampler adds /completions itself."
+            )
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be the non-empty name the server serves; got {model!r}.")
+        checks = (
+            (
+                "max_workers",
+                max_workers,
+                _is_int(max_workers) and max_workers >= 1,
+                "must be >= 1 (an integer)",
+            ),
+            ("retries", retries, _is_int(retries) and retries >= 0, "must be >= 0 (an integer)"),
+            (
+                "timeout",
+                timeout,
+                _is_real(timeout) and math.isfinite(timeout) and timeout > 0,
+                "must be a finite number of seconds > 0",
+            ),
+            (
+                "backoff",
+                backoff,
+                _is_real(backoff) and math.isfinite(backoff) and backoff >= 0,
+                "must be a finite number of seconds >= 0",
+            ),
+            (
+                "temperature",
+                temperature,
+                _is_real(temperature) and math.isfinite(temperature) and temperature >= 0,
+                "must be a finite number >= 0",
+            ),
+            ("top_p", top_p, _is_real(top_p) and 0 < top_p <= 1, "must be in (0, 1]"),
+            ("seed", seed, seed is None or _is_int(seed), "must be an integer or None"),
+            ("use_n", use_n, isinstance(use_n, bool), "must be True or False"),
+        )
+        for name, value, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} {rule}; got {value!r}.")
+        if isinstance(stop, str):
+            stop = [stop]
+        if stop is not None and (
+            not isinstance(stop, Sequence) or not all(isinstance(s, str) and s for s in stop)
+        ):
+            raise ValueError(f"stop must be a non-empty string or a list of them; got {stop!r}.")
+        if extra_body is not None:
+            if not isinstance(extra_body, dict) or not all(isinstance(k, str) for k in extra_body):
+                raise ValueError(f"extra_body must be a dict of request fields; got {extra_body!r}.")
+            for key in extra_body:
+                if key in _OWN_FIELDS:
+                    raise ValueError(
+                        f"extra_body sets {key!r}, which the sampler sets itself: use {_OWN_FIELDS[key]} instead."
+                    )
+            try:
+                json.dumps(extra_body, allow_nan=False)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"extra_body must be plain JSON (no NaN/inf): {error}") from None
+        if api_key is None:
+            api_key = os.environ.get(api_key_env)
+            if api_key:
+                _check_header_value(api_key, f"The API key in ${api_key_env}")
+        elif not isinstance(api_key, str):
+            raise ValueError(f"api_key must be a string; got a {type(api_key).__name__}.")
+        elif api_key:
+            _check_header_value(api_key, "api_key")
         self.url = base_url.rstrip("/") + "/completions"
         self.model = model
-        self.api_key = api_key if api_key is not None else os.environ.get(api_key_env)
+        self.api_key = api_key
         self.temperature = temperature
         self.top_p = top_p
         self.stop = list(stop) if stop else None
@@ -152,8 +399,10 @@ class CompletionsSampler:
     # ------------------------------------------------------------------ sampling
     def sample(self, prefixes: Sequence[str], n: int, max_tokens: int) -> list[list[Chunk]]:
         """``n`` chunks of at most ``max_tokens`` tokens for every prefix, all requests concurrent."""
-        if n < 1 or max_tokens < 1:
-            raise ValueError(f"n and max_tokens must be >= 1; got {n}, {max_tokens}.")
+        if isinstance(prefixes, str) or not all(isinstance(p, str) for p in prefixes):
+            raise ValueError(f"prefixes must be a list of strings; got {prefixes!r:.80}.")
+        if not (_is_int(n) and _is_int(max_tokens) and n >= 1 and max_tokens >= 1):
+            raise ValueError(f"n and max_tokens must be integers >= 1; got {n!r}, {max_tokens!r}.")
         results: list[list[Chunk]] = [[] for _ in prefixes]
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             if self.use_n and n > 1:
@@ -210,11 +459,16 @@ class CompletionsSampler:
 
     def _once(self, body: bytes, headers: dict[str, str], n: int) -> list[Chunk]:
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        deadline = _Deadline(self.timeout)
+        opener = urllib.request.build_opener(_WatchedHTTPHandler(deadline), _WatchedHTTPSHandler(deadline))
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
+            with opener.open(request, timeout=self.timeout) as response:
+                raw = _read_body(response)
         except urllib.error.HTTPError as error:
-            detail = error.read().decode(errors="replace")[:300]
+            try:
+                detail = error.read(2000).decode(errors="replace")[:300]
+            except (OSError, http.client.HTTPException):
+                detail = "(no readable body)"
             if error.code in (401, 403):
                 raise RemoteSamplerError(
                     f"{self.url} refused the credentials (HTTP {error.code}): set the API key (api_key= or the "
@@ -230,16 +484,14 @@ class CompletionsSampler:
             raise RemoteSamplerError(
                 f"{self.url} rejected the request (HTTP {error.code}): {detail}"
             ) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+            # OSError covers timeouts and broken connections; HTTPException a cut-short body
+            # (IncompleteRead) or a garbled status line.
+            if deadline.expired:
+                raise _Transient(f"no complete answer within timeout={self.timeout}s") from None
             raise _Transient(f"{type(error).__name__}: {error}") from None
-        try:
-            choices = json.loads(raw)["choices"]
-            chunks = [
-                Chunk(str(c["text"]), c.get("finish_reason") == "stop")
-                for c in sorted(choices, key=lambda c: c.get("index", 0))
-            ]
-        except (ValueError, KeyError, TypeError) as error:
-            raise _Transient(f"malformed response ({type(error).__name__}): {raw[:200]!r}") from None
-        if not chunks or len(chunks) > n:
-            raise _Transient(f"expected up to {n} choices, got {len(chunks)}")
-        return chunks
+        finally:
+            deadline.cancel()
+        if deadline.expired:  # an answer without Content-Length, cut at the deadline
+            raise _Transient(f"no complete answer within timeout={self.timeout}s")
+        return parse_completions(raw, n)

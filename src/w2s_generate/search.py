@@ -9,6 +9,7 @@ each chunk incrementally from its own cache ([`GuidanceState`][w2s_generate.Guid
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,7 @@ from .pairs import WeakPair
 from .processor import check_shared_vocabulary, rows_look_padded
 from .row_processors import check_processors, processors_for_rows
 from .samplers import Chunk, ChunkSampler
+from .scoring import _max_positions
 from .strategy import SearchOutput, Strategy, TextSearchOutput
 
 
@@ -106,17 +108,22 @@ class ChunkBeamSearch(Strategy):
         super().__init__()
         if not isinstance(pair, WeakPair):
             raise TypeError(f"pair must be a w2s_generate.WeakPair; got {type(pair).__name__}.")
+        # Booleans are ints to Python, but beam_width=True is a mistake, not a width of 1.
         for name, value in (("beam_width", beam_width), ("successors_per_beam", successors_per_beam)):
-            if not isinstance(value, int) or value < 1:
+            if not _is_count(value):
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
-        if chunk_length is not None and (not isinstance(chunk_length, int) or chunk_length < 1):
+        if chunk_length is not None and not _is_count(chunk_length):
             raise ValueError(
                 f"chunk_length must be an integer >= 1 or None (whole responses); got {chunk_length!r}."
             )
+        if tokenizer is not None and not hasattr(tokenizer, "get_vocab"):
+            raise TypeError(
+                f"tokenizer must be the large model's transformers tokenizer; got a {type(tokenizer).__name__}."
+            )
         self.pair = pair
-        self.beam_width = beam_width
-        self.successors_per_beam = successors_per_beam
-        self.chunk_length = chunk_length
+        self.beam_width = int(beam_width)
+        self.successors_per_beam = int(successors_per_beam)
+        self.chunk_length = None if chunk_length is None else int(chunk_length)
         self.tokenizer = tokenizer
 
     def __repr__(self) -> str:
@@ -139,7 +146,7 @@ class ChunkBeamSearch(Strategy):
         **model_kwargs,
     ):
         config = generation_config
-        self._check_call(model, config)
+        self._check_call(model, config, input_ids, model_kwargs.get("attention_mask"))
         expand = max(config.num_beams, config.num_return_sequences)
         prompt_ids = input_ids[::expand]
         mask = model_kwargs.get("attention_mask")
@@ -210,14 +217,30 @@ class ChunkBeamSearch(Strategy):
             >>> out.texts[0], out.log_ratios[0]                                       # doctest: +SKIP
         """
         W, K = self.beam_width, self.successors_per_beam
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompts must be a non-empty list of strings (the large model's prompt text).")
-        if num_return_sequences < 1 or num_return_sequences > W:
+        if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(
-                f"num_return_sequences={num_return_sequences} must be between 1 and beam_width={W}."
+                f"prompts must be a non-empty list of strings (the large model's prompt text); got {prompts!r:.60}."
             )
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}.")
+        empty = [i for i, p in enumerate(prompts) if not p]
+        if empty:
+            raise ValueError(
+                f"prompts[{empty[0]}] is empty: give the text the large model continues (at least its BOS text)."
+            )
+        if not _is_count(num_return_sequences) or num_return_sequences > W:
+            raise ValueError(
+                f"num_return_sequences={num_return_sequences!r} must be an integer between 1 and beam_width={W}."
+            )
+        if not _is_count(max_new_tokens):
+            raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}.")
+        if isinstance(weak_prompts, str):
+            raise ValueError(
+                f"weak_prompts must be a list (one per prompt); got a str: wrap it, [{weak_prompts!r:.40}]."
+            )
+        if not callable(getattr(sampler, "sample", None)):
+            raise TypeError(
+                f"sampler must have a sample(prefixes, n, max_tokens) method (e.g. CompletionsSampler); "
+                f"got a {type(sampler).__name__}."
+            )
         weak_prompts = list(prompts) if weak_prompts is None else list(weak_prompts)
         if len(weak_prompts) != len(prompts):
             raise ValueError(f"weak_prompts has {len(weak_prompts)} entries for {len(prompts)} prompts.")
@@ -285,11 +308,19 @@ class ChunkBeamSearch(Strategy):
             texts=out_texts, log_ratios=scores, sequences_scores=scores, trace=trace or None
         )
 
-    def _check_call(self, model, config: GenerationConfig) -> None:
+    def _check_call(
+        self,
+        model,
+        config: GenerationConfig,
+        input_ids: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> None:
         if getattr(model.config, "is_encoder_decoder", False):
             raise ValueError(
                 f"{type(self).__name__} drives decoder-only models; {model.config.model_type} is encoder-decoder."
             )
+        if input_ids is not None:
+            _check_prompt_rows(model, config, input_ids, mask)
         if not config.do_sample:
             raise ValueError(
                 f"{type(self).__name__} samples candidate chunks: pass do_sample=True (with temperature/top_k/top_p "
@@ -323,6 +354,51 @@ class ChunkBeamSearch(Strategy):
         return None
 
 
+def _is_count(value: object) -> bool:
+    """An integer >= 1 that is not a bool (numpy integers are fine)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _check_prompt_rows(
+    model, config: GenerationConfig, input_ids: torch.Tensor, mask: torch.Tensor | None
+) -> None:
+    """Refuse prompts the search cannot start from: empty, right-padded, or longer than the context.
+
+    One host sync per call, before any forward.
+    """
+    width = input_ids.shape[-1]
+    if width == 0:
+        raise ValueError(
+            "input_ids holds no tokens: every prompt needs at least one (e.g. the tokenizer's BOS token, "
+            "tokenizer(text) with add_special_tokens=True)."
+        )
+    if mask is not None:
+        mask = mask.bool()
+        empty = ~mask.any(-1)
+        if bool(empty.any()):
+            raise ValueError(
+                f"row {int(empty.nonzero()[0, 0])} of the attention mask is all zeros: an empty prompt. Every "
+                "prompt needs at least one token (e.g. the BOS token)."
+            )
+        # Left padding is zeros then ones; any 0 after a 1 is right padding (or a hole).
+        right = (mask[:, :-1] & ~mask[:, 1:]).any(-1)
+        if bool(right.any()):
+            raise ValueError(
+                f"row {int(right.nonzero()[0, 0])} of the attention mask has padding after its tokens (right "
+                "padding): a decoder-only model continues from the last position, so pad on the left: "
+                "tokenizer.padding_side = 'left'."
+            )
+    limit = _max_positions(model)  # a learned position table (GPT-2): a hard limit
+    new = config.max_length - width
+    longest = width if mask is None else int(mask.sum(-1).max())  # padding takes no positions
+    if limit is not None and longest + new > limit:
+        raise ValueError(
+            f"The longest prompt ({longest} tokens) plus max_new_tokens={new} needs {longest + new} positions, "
+            f"more than the large model's context of {limit}: shorten the prompt or ask for at most "
+            f"{max(limit - longest, 0)} new tokens."
+        )
+
+
 def _sample(sampler: ChunkSampler, prefixes: list[str], n: int, max_tokens: int) -> list[Chunk]:
     """``n`` chunks per prefix, flattened prefix-major; a sampler that returns another count is refused."""
     sampled = sampler.sample(prefixes, n, max_tokens)
@@ -350,7 +426,7 @@ class BestOfN(ChunkBeamSearch):
     """
 
     def __init__(self, pair: WeakPair, n: int = 16, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
-        if not isinstance(n, int) or n < 1:
+        if not _is_count(n):
             raise ValueError(f"n must be an integer >= 1; got {n!r}.")
         super().__init__(pair, beam_width=1, successors_per_beam=n, chunk_length=None, tokenizer=tokenizer)
         self.n = n
