@@ -14,18 +14,13 @@ from __future__ import annotations
 import functools
 import json
 
+from conftest import CORPUS
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Tokenizer, LlamaTokenizer, PreTrainedTokenizerFast
 
+# The shared test corpus, plus multi-byte characters and one word in several growing forms.
 TEXTS = [
-    "the film was wonderful and the acting was great",
-    "the plot was dull and the ending was awful",
-    "a quiet story about a family in a small town",
-    "i loved every minute of this movie, truly a delight",
-    "terrible pacing, weak characters and a boring script",
-    "the music is lovely; the camera work is superb!",
-    "what a waste of time. never again.",
-    "Review: 5 stars. Summary: an honest, moving drama.",
+    *dict.fromkeys(CORPUS),
     "a café in Zürich, crème brûlée and a naïve hero — 日本の映画 😀",
     "wonderful wonderful wonderfully wonder wondering",
 ] * 8

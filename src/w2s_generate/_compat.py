@@ -112,9 +112,8 @@ def guarded_mixed_adapter_forward(model: torch.nn.Module) -> Iterator[None]:
             raise
 
 
-#: The processors generate appends after a user's ``logits_processor=`` entries (transformers
-#: ``_get_logits_processor``): the sampling warpers, watermarking, and ``renormalize_logits``.
-TRAILING_PROCESSOR_NAMES = frozenset(
+#: generate's sampling warpers: they read the scores only, never the ids.
+SAMPLING_WARPER_NAMES = frozenset(
     {
         "TemperatureLogitsWarper",
         "TopHLogitsWarper",
@@ -124,11 +123,15 @@ TRAILING_PROCESSOR_NAMES = frozenset(
         "TypicalLogitsWarper",
         "EpsilonLogitsWarper",
         "EtaLogitsWarper",
-        "WatermarkLogitsProcessor",
-        "SynthIDTextWatermarkLogitsProcessor",
-        "LogitNormalization",
     }
 )
+#: The processors generate appends after a user's ``logits_processor=`` entries (transformers
+#: ``_get_logits_processor``): the sampling warpers, watermarking, and ``renormalize_logits``.
+TRAILING_PROCESSOR_NAMES = SAMPLING_WARPER_NAMES | {
+    "WatermarkLogitsProcessor",
+    "SynthIDTextWatermarkLogitsProcessor",
+    "LogitNormalization",
+}
 
 
 def run_builtin_decoding(

@@ -23,22 +23,10 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 from transformers.utils import ModelOutput
 
-from ._compat import accepts_position_ids, new_cache
+from ._compat import SAMPLING_WARPER_NAMES, accepts_position_ids, new_cache
 
 #: generate's processors a drafted round can apply at every position: they read scores only.
-DRAFTABLE_PROCESSORS = frozenset(
-    {
-        "TemperatureLogitsWarper",
-        "TopKLogitsWarper",
-        "TopPLogitsWarper",
-        "MinPLogitsWarper",
-        "TypicalLogitsWarper",
-        "EpsilonLogitsWarper",
-        "EtaLogitsWarper",
-        "TopHLogitsWarper",
-        "LogitNormalization",
-    }
-)
+DRAFTABLE_PROCESSORS = SAMPLING_WARPER_NAMES | {"LogitNormalization"}
 #: generate's stopping criteria a drafted round keeps exactly (EOS and the length budget).
 DRAFTABLE_CRITERIA = frozenset({"MaxLengthCriteria", "EosTokenCriteria"})
 
