@@ -14,7 +14,7 @@ from transformers import LogitsProcessorList
 from ._compat import TRAILING_PROCESSOR_NAMES, run_builtin_decoding
 from .pairs import WeakPair
 from .processor import WeakToStrongLogitsProcessor, check_shared_vocabulary
-from .strategy import Strategy
+from .strategy import Strategy, check_prompt_rows
 
 _ENABLED = "_w2s_original_generate"
 
@@ -75,6 +75,7 @@ class TokenGuidance(Strategy):
                 f"TokenGuidance drives decoder-only models; {model.config.model_type} is encoder-decoder: the "
                 "weak pair would score the decoder's tokens without the encoder's input."
             )
+        check_prompt_rows(model, generation_config, input_ids, model_kwargs.get("attention_mask"))
         if self.bound_tokenizer is not None:
             check_shared_vocabulary(self.pair, self.bound_tokenizer)
         processor = WeakToStrongLogitsProcessor(

@@ -6,7 +6,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteriaList
 from transformers.generation.stopping_criteria import StopStringCriteria
 from transformers.utils import ModelOutput
 
@@ -104,3 +104,45 @@ class Strategy:
         extended = StoppingCriteriaList(list(stopping_criteria))
         extended.append(StopStringCriteria(self.bound_tokenizer, self.bound_stop_strings))
         return extended
+
+
+def check_prompt_rows(
+    model, config: GenerationConfig, input_ids: torch.Tensor, mask: torch.Tensor | None
+) -> None:
+    """Refuse prompts the search cannot start from: empty, right-padded, or longer than the context.
+
+    One host sync per call, before any forward.
+    """
+    width = input_ids.shape[-1]
+    if width == 0:
+        raise ValueError(
+            "input_ids holds no tokens: every prompt needs at least one (e.g. the tokenizer's BOS token, "
+            "tokenizer(text) with add_special_tokens=True)."
+        )
+    if mask is not None:
+        mask = mask.bool()
+        empty = ~mask.any(-1)
+        if bool(empty.any()):
+            raise ValueError(
+                f"row {int(empty.nonzero()[0, 0])} of the attention mask is all zeros: an empty prompt. Every "
+                "prompt needs at least one token (e.g. the BOS token)."
+            )
+        # Left padding is zeros then ones; any 0 after a 1 is right padding (or a hole).
+        right = (mask[:, :-1] & ~mask[:, 1:]).any(-1)
+        if bool(right.any()):
+            raise ValueError(
+                f"row {int(right.nonzero()[0, 0])} of the attention mask has padding after its tokens (right "
+                "padding): a decoder-only model continues from the last position, so pad on the left: "
+                "tokenizer.padding_side = 'left'."
+            )
+    from .scoring import _max_positions
+
+    limit = _max_positions(model)  # a learned position table (GPT-2): a hard limit
+    new = config.max_length - width
+    longest = width if mask is None else int(mask.sum(-1).max())  # padding takes no positions
+    if limit is not None and longest + new > limit:
+        raise ValueError(
+            f"The longest prompt ({longest} tokens) plus max_new_tokens={new} needs {longest + new} positions, "
+            f"more than the large model's context of {limit}: shorten the prompt or ask for at most "
+            f"{max(limit - longest, 0)} new tokens."
+        )
