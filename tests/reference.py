@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -31,3 +33,20 @@ def responses_of(sequences: torch.Tensor, prompt_width: int, pad: int) -> list[l
             r.pop()
         rows.append(r)
     return rows
+
+
+def chi_square_limit(df: int, z: float = 3.09) -> float:
+    """The chi-square quantile at 1 - 0.001 (Wilson-Hilferty), without scipy."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int]:
+    """Pearson's statistic over bins with expected count >= 5 (the rest pooled into one bin)."""
+    total = counts.sum()
+    expected = probs * total
+    big = expected >= 5
+    observed = torch.cat([counts[big], counts[~big].sum()[None]]).double()
+    wanted = torch.cat([expected[big], expected[~big].sum()[None]]).double()
+    keep = wanted > 0
+    stat = float(((observed[keep] - wanted[keep]) ** 2 / wanted[keep]).sum())
+    return stat, int(keep.sum()) - 1

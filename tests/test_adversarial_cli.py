@@ -381,9 +381,9 @@ def test_a_result_that_cannot_be_kept_is_a_bad_line_not_written(models, tmp_path
 
     def fake(model, tokenizer, strategy, batch, args):
         if returned is None:  # one response short, however many prompts
-            return ["x"] * (len(batch) - 1), [0.1] * (len(batch) - 1)
+            return ["x"] * (len(batch) - 1), [0.1] * (len(batch) - 1), None
         rows = [0, 1] if len(batch) == 2 else [["a", "b"].index(batch[0].record.prompt)]
-        return [returned[0][i] for i in rows], [returned[1][i] for i in rows]
+        return [returned[0][i] for i in rows], [returned[1][i] for i in rows], None
 
     monkeypatch.setattr(cli, "_generate_batch", fake)
     out = tmp_path / "o.jsonl"

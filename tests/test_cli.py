@@ -72,10 +72,22 @@ def pair_args(models, kind: str = "two") -> list[str]:
 
 
 def generate(
-    models, out: Path, *extra: str, method: str = "cbs", pair: str = "two", prompts=None, progress=False
+    models,
+    out: Path,
+    *extra: str,
+    method: str = "cbs",
+    pair: str = "two",
+    prompts=None,
+    progress=False,
+    method_args: list[str] | None = None,
 ) -> int:
     args = ["generate", "--model", str(models["strong"]), *pair_args(models, pair), "--method", method]
-    args += METHOD_ARGS[method] + FAST + ["--out", str(out)] + ([] if progress else ["--no-progress"])
+    args += (
+        (METHOD_ARGS[method] if method_args is None else method_args)
+        + FAST
+        + ["--out", str(out)]
+        + ([] if progress else ["--no-progress"])
+    )
     if prompts is not None:
         args += ["--prompts", str(prompts)]
     return cli.main(args + list(extra))
@@ -144,6 +156,15 @@ def test_adding_a_subcommand_is_one_registration(monkeypatch, capsys):
         ([], "no weak pair given"),
         (["--adapter", "A", "--beta", "2"], "--beta applies to --method token only"),
         (["--adapter", "A", "--temperature", "0"], "--temperature 0 is greedy"),
+        (["--adapter", "A", "--max-per-parent", "2"], "--max-per-parent applies to --selection diverse only"),
+        (
+            ["--adapter", "A", "--selection", "diverse", "--selection-temperature", "2"],
+            "--selection-temperature applies to --selection stochastic only",
+        ),
+        (["--adapter", "A", "--successors", "2", "--successors-schedule", "4,2"], "give one"),
+        (["--adapter", "A", "--successors-schedule", "4,0"], "integers >= 1 separated by commas"),
+        (["--adapter", "A", "--successors-schedule", "4,2", "--settle-margin", "1"], "does not combine"),
+        (["--adapter", "A", "--settle-margin", "-1"], "a finite number >= 0"),
     ],
 )
 def test_bad_combinations_are_refused_clearly(pair, message, tmp_path, capsys):
@@ -181,13 +202,78 @@ def test_each_method_writes_one_line_per_prompt_and_a_rerun_adds_nothing(
     for r in results:
         assert set(r) >= FIELDS and r["method"] == method
         assert isinstance(r["response"], str)
-        assert ("log_ratio" in r) == (method != "token")
+        assert ("log_ratio" in r) == (method != "token") == ("cost" in r)
         assert r["settings"]["max_new_tokens"] == 4 and r["settings"]["model"] == str(models["strong"])
     if method != "token":
         assert all(isinstance(r["log_ratio"], float) for r in results)
+        n_rows = 2 * 2 if method == "cbs" else 3  # W*K candidates or N samples, 4 tokens at most each
+        assert all(0 < r["cost"]["large_tokens"] <= n_rows * 4 for r in results)
+        assert all(r["cost"]["weak_tokens"] == r["cost"]["large_tokens"] for r in results)  # one vocabulary
+        assert all(r["cost"]["large_forwards"] >= 1 for r in results)
     before = out.read_bytes()
     assert generate(models, out, method=method, prompts=prompts_file) == 0
     assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        ["--selection", "diverse", "--max-per-parent", "1"],
+        ["--selection", "stochastic", "--selection-temperature", "0.5"],
+        ["--successors-schedule", "3,1"],
+        ["--settle-margin", "0.5"],
+        ["--chunk-stop", "e", "--chunk-stop", "\\n\\n"],
+    ],
+)
+def test_search_policies_from_the_command_line(policy, models, prompts_file, tmp_path):
+    out = tmp_path / "results.jsonl"
+    own = ["--beam-width", "2", "--chunk-length", "2"]  # --successors-schedule replaces --successors
+    if "--successors-schedule" not in policy:
+        own += ["--successors", "2"]
+    assert generate(models, out, *policy, "--max-new-tokens", "6", prompts=prompts_file, method_args=own) == 0
+    results = read_results(out)
+    assert len(results) == 3 and all("cost" in r and isinstance(r["log_ratio"], float) for r in results)
+    settings = results[0]["settings"]
+    flags = dict(zip(policy[::2], policy[1::2]))
+    if "--selection" in flags:
+        assert settings["selection"] == flags["--selection"]
+    if "--successors-schedule" in flags:
+        assert settings["successors_schedule"] == [3, 1]
+    if "--chunk-stop" in flags:
+        assert settings["chunk_stop"] == ["e", "\n\n"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "kinds"),
+    [
+        ([], ("TopDistinct", "ConstantBudget", [])),
+        (["--selection", "diverse", "--max-per-parent", "2"], ("DiverseSelection", "ConstantBudget", [])),
+        (["--selection", "stochastic"], ("StochasticSelection", "ConstantBudget", [])),
+        (["--successors-schedule", "3,1"], ("TopDistinct", "ScheduledBudget", [])),
+        (["--settle-margin", "0.5"], ("TopDistinct", "AdaptiveBudget", [])),
+        (["--chunk-stop", "\\n\\n"], ("TopDistinct", "ConstantBudget", ["\n\n"])),
+    ],
+)
+def test_policy_flags_build_the_policies(policy, kinds):
+    tokenizer = make_tokenizer()
+    pair = cli_pair(tokenizer)
+    parser = cli.build_parser()
+    argv = ["generate", "--model", "M", "--adapter", "A", "--method", "cbs", "--prompt", "x", "--out", "o"]
+    args = parser.parse_args(argv + policy)
+    cli._check_generate_args(args._parser, args)
+    strategy = cli.make_strategy(args, pair, None)
+    selection, budget, stops = kinds
+    assert type(strategy.selection).__name__ == selection
+    assert type(strategy.budget).__name__ == budget
+    assert strategy.boundary.stop_strings == stops and strategy.chunk_length == 5
+
+
+def cli_pair(tokenizer):
+    import w2s_generate as w2s
+
+    return w2s.WeakPair(
+        make_model("gpt2", len(tokenizer), 1), make_model("gpt2", len(tokenizer), 2), tokenizer
+    )
 
 
 def test_an_interrupted_run_resumes_and_matches_an_uninterrupted_one(models, prompts_file, tmp_path, capsys):

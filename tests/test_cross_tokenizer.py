@@ -80,7 +80,7 @@ def test_sentencepiece_responses_keep_their_leading_space():
     assert strong_tok.decode(response) == "wonderful"  # the trap: decoded alone, the space is gone
     bridge = w2s.bridge.TextBridge(strong_tok, pair_for(weak_tok))
     assert bridge.start([prompt]) == ["the film was"]
-    texts = bridge.texts(torch.tensor([response]), torch.tensor([len(response)]), torch.tensor([0]))
+    texts = bridge.texts([response], [0])
     assert texts == [" wonderful"]
 
 

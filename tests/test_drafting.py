@@ -15,30 +15,13 @@ from conftest import make_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from peft import LoraConfig, get_peft_model
-from reference import next_logprobs
+from reference import chi_square, chi_square_limit, next_logprobs
 
 import w2s_generate as w2s
 from w2s_generate.drafting import residual_distribution, speculative_choice
 
 PROMPTS = ["the film was", "a quiet story about a family"]
 EOS = list(range(100, 130))  # many stop ids: rows end at different rounds
-
-
-def chi_square_limit(df: int, z: float = 3.09) -> float:
-    """The chi-square quantile at 1 - 0.001 (Wilson-Hilferty), without scipy."""
-    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
-
-
-def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int]:
-    """Pearson's statistic over bins with expected count >= 5 (the rest pooled into one bin)."""
-    total = counts.sum()
-    expected = probs * total
-    big = expected >= 5
-    observed = torch.cat([counts[big], counts[~big].sum()[None]]).double()
-    wanted = torch.cat([expected[big], expected[~big].sum()[None]]).double()
-    keep = wanted > 0
-    stat = float(((observed[keep] - wanted[keep]) ** 2 / wanted[keep]).sum())
-    return stat, int(keep.sum()) - 1
 
 
 @settings(max_examples=50, deadline=None)

@@ -16,6 +16,19 @@ if TYPE_CHECKING:  # the names below load on first use, so `w2s-generate --help`
     from .explanations import explain, explanation_pair
     from .generate import TokenGuidance, W2SGenerationMixin, disable, enable
     from .pairs import WeakPair
+    from .policies import (
+        AdaptiveBudget,
+        BudgetPolicy,
+        Candidate,
+        ChunkBoundary,
+        ConstantBudget,
+        DiverseSelection,
+        ScheduledBudget,
+        SearchCost,
+        SelectionPolicy,
+        StochasticSelection,
+        TopDistinct,
+    )
     from .processor import WeakToStrongLogitsProcessor
     from .samplers import Chunk, ChunkSampler, CompletionsSampler, RemoteSamplerError
     from .scoring import GuidanceState, Side
@@ -34,6 +47,17 @@ _HOMES = {
     "enable": "generate",
     "WeakPair": "pairs",
     "WeakToStrongLogitsProcessor": "processor",
+    "AdaptiveBudget": "policies",
+    "BudgetPolicy": "policies",
+    "Candidate": "policies",
+    "ChunkBoundary": "policies",
+    "ConstantBudget": "policies",
+    "DiverseSelection": "policies",
+    "ScheduledBudget": "policies",
+    "SearchCost": "policies",
+    "SelectionPolicy": "policies",
+    "StochasticSelection": "policies",
+    "TopDistinct": "policies",
     "Chunk": "samplers",
     "ChunkSampler": "samplers",
     "CompletionsSampler": "samplers",
@@ -67,6 +91,17 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 __all__ = [
+    "AdaptiveBudget",
+    "BudgetPolicy",
+    "Candidate",
+    "ChunkBoundary",
+    "ConstantBudget",
+    "DiverseSelection",
+    "ScheduledBudget",
+    "SearchCost",
+    "SelectionPolicy",
+    "StochasticSelection",
+    "TopDistinct",
     "BestOfN",
     "Chunk",
     "ChunkSampler",

@@ -55,29 +55,20 @@ class TextBridge:
         self._prompt_text_lengths = [len(t) for t in texts]
         return texts
 
-    def texts(self, responses: torch.Tensor, lengths: torch.Tensor, prompt_of_row: torch.Tensor) -> list[str]:
-        """``[R, T], [R], [R] -> R`` response texts, decoded after their prompt (special tokens dropped)."""
-        owners = prompt_of_row.tolist()
-        rows = [self._prompt_rows[b] + r[:n] for b, r, n in zip(owners, responses.tolist(), lengths.tolist())]
+    def texts(self, responses: list[list[int]], prompt_of_row: list[int]) -> list[str]:
+        """Each row's response text (its large-model ids), decoded after its prompt, special tokens dropped."""
+        rows = [self._prompt_rows[b] + list(r) for b, r in zip(prompt_of_row, responses)]
         full = self.strong_tokenizer.batch_decode(rows, skip_special_tokens=True)
-        return [text[self._prompt_text_lengths[b] :] for b, text in zip(owners, full)]
-
-    def advance(
-        self,
-        state: GuidanceState,
-        weak_rows: list[list[int]],
-        responses: torch.Tensor,
-        lengths: torch.Tensor,
-        prompt_of_row: torch.Tensor,
-    ) -> None:
-        """Bring ``state`` (and each row's cached weak ids, in place) up to the responses' current text."""
-        advance_texts(self.pair, state, weak_rows, self.texts(responses, lengths, prompt_of_row))
+        return [text[self._prompt_text_lengths[b] :] for b, text in zip(prompt_of_row, full)]
 
 
-def advance_texts(pair: WeakPair, state: GuidanceState, weak_rows: list[list[int]], texts: list[str]) -> None:
+def advance_texts(
+    pair: WeakPair, state: GuidanceState, weak_rows: list[list[int]], texts: list[str]
+) -> list[int]:
     """Bring ``state`` up to each row's response text, feeding only the tokens after the first change.
 
-    ``weak_rows`` holds each row's weak-side response ids so far and is updated in place.
+    ``weak_rows`` holds each row's weak-side response ids so far and is updated in place. Returns the
+    number of tokens fed per row.
     """
     encoded = pair.tokenizer(texts, add_special_tokens=False)["input_ids"]
     drops, tails = [], []
@@ -87,7 +78,9 @@ def advance_texts(pair: WeakPair, state: GuidanceState, weak_rows: list[list[int
         drops.append(len(old) - keep)
         tails.append(new[keep:])
         weak_rows[i] = list(new)
-    if not any(drops) and not any(tails):
-        return
+    fed = [len(t) for t in tails]
+    if not any(drops) and not any(fed):
+        return fed
     ids, tail_lengths = right_pad(tails, pair.pad_token_id)
     state.replace_tail(torch.tensor(drops), ids, tail_lengths)
+    return fed

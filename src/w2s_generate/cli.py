@@ -125,7 +125,9 @@ The weak pair is either
   --tuned T --untuned U    two full checkpoints of the same small model, after and before tuning.
 
 Methods:
-  cbs    chunk-level beam search   (--beam-width, --successors, --chunk-length)
+  cbs    chunk-level beam search   (--beam-width, --successors, --chunk-length; policies:
+                                    --selection, --successors-schedule, --settle-margin,
+                                    --chunk-stop)
   bon    best-of-N                 (--n)
   token  token-level guidance      (--beta; needs the large model's vocabulary)
 
@@ -145,7 +147,17 @@ Weights load from safetensors only, unless --allow-pickle is given; repository c
 #: Options that only one method reads, with their defaults. Given to another method, they are refused
 #: rather than silently ignored.
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
-    "cbs": {"beam_width": 4, "successors": 4, "chunk_length": 5},
+    "cbs": {
+        "beam_width": 4,
+        "successors": 4,
+        "chunk_length": 5,
+        "selection": "top",
+        "max_per_parent": None,
+        "selection_temperature": None,
+        "successors_schedule": None,
+        "settle_margin": None,
+        "chunk_stop": None,
+    },
     "bon": {"n": 16},
     "token": {"beta": 1.0},
 }
@@ -194,6 +206,25 @@ def _positive_float(text: str) -> float:
 
 def _non_negative_float(text: str) -> float:
     return _number(text, "a finite number >= 0", lambda v: v >= 0)
+
+
+def _schedule(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be integers >= 1 separated by commas, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must be integers >= 1 separated by commas, got {text!r}")
+    return values
+
+
+def _stop_string(text: str) -> str:
+    r"""A stop string as typed in a shell: ``\n`` and ``\t`` are a newline and a tab."""
+    value = text.replace("\\n", "\n").replace("\\t", "\t")
+    if not value:
+        raise argparse.ArgumentTypeError("must be non-empty text")
+    return value
 
 
 def _probability(text: str) -> float:
@@ -287,6 +318,40 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     method.add_argument(
         "--chunk-length", type=_positive_int, metavar="L", help="cbs: tokens per chunk (default 5)"
+    )
+    method.add_argument(
+        "--selection",
+        choices=("top", "diverse", "stochastic"),
+        help="cbs: which candidates survive a round: the W best (top, default), at most --max-per-parent "
+        "per beam (diverse), or drawn by softmax(score / --selection-temperature) (stochastic)",
+    )
+    method.add_argument(
+        "--max-per-parent", type=_positive_int, metavar="M", help="cbs --selection diverse: default 1"
+    )
+    method.add_argument(
+        "--selection-temperature",
+        type=_positive_float,
+        metavar="T",
+        help="cbs --selection stochastic: default 1.0 (seeded by --seed)",
+    )
+    method.add_argument(
+        "--successors-schedule",
+        type=_schedule,
+        metavar="K0,K1,...",
+        help="cbs: successors per beam by round, the last repeating (instead of --successors)",
+    )
+    method.add_argument(
+        "--settle-margin",
+        type=_non_negative_float,
+        metavar="D",
+        help="cbs: stop sampling for a prompt once a finished response leads every live beam by D",
+    )
+    method.add_argument(
+        "--chunk-stop",
+        action="append",
+        type=_stop_string,
+        metavar="TEXT",
+        help=r"cbs: also end a chunk when the response ends with TEXT (repeatable; \n and \t understood)",
     )
     method.add_argument("--n", type=_positive_int, metavar="N", help="bon: number of samples (default 16)")
     method.add_argument(
@@ -388,9 +453,13 @@ def _check_generate_args(parser: argparse.ArgumentParser, args: argparse.Namespa
                 parser.error(
                     f"{flag} applies to --method {method} only, not --method {args.method}: drop it."
                 )
+    if args.method == "cbs" and args.successors is not None and args.successors_schedule is not None:
+        parser.error("--successors and --successors-schedule both set K: give one.")
     for option, default in METHOD_OPTIONS[args.method].items():
         if getattr(args, option) is None:
             setattr(args, option, default)
+    if args.method == "cbs":
+        _check_policy_args(parser, args)
     if args.endpoint is not None and args.method == "token":
         parser.error(
             "--endpoint serves text only, and token guidance needs the large model's logits: use --method cbs or bon."
@@ -774,14 +843,50 @@ def _check_tokenizer_size(tokenizer, rows: int, source: str, flag: str) -> None:
         )
 
 
+def _check_policy_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a search-policy flag that the chosen policy would not read."""
+    if args.max_per_parent is not None and args.selection != "diverse":
+        parser.error(f"--max-per-parent applies to --selection diverse only, not {args.selection}: drop it.")
+    if args.selection_temperature is not None and args.selection != "stochastic":
+        parser.error(
+            f"--selection-temperature applies to --selection stochastic only, not {args.selection}: drop it."
+        )
+    if args.successors_schedule is not None and args.settle_margin is not None:
+        parser.error(
+            "--settle-margin keeps K = --successors until a prompt settles; it does not combine with "
+            "--successors-schedule: give one."
+        )
+
+
 def make_strategy(args: argparse.Namespace, pair, strong_tokenizer):
     """The decoding strategy of ``--method``."""
     from .generate import TokenGuidance
+    from .policies import (
+        AdaptiveBudget,
+        ChunkBoundary,
+        DiverseSelection,
+        ScheduledBudget,
+        StochasticSelection,
+        TopDistinct,
+    )
     from .search import BestOfN, ChunkBeamSearch
 
     if args.method == "cbs":
+        if args.successors_schedule is not None:
+            budget = ScheduledBudget(args.successors_schedule)
+        elif args.settle_margin is not None:
+            budget = AdaptiveBudget(args.successors, args.settle_margin)
+        else:
+            budget = args.successors
+        if args.selection == "diverse":
+            selection = DiverseSelection(args.max_per_parent or 1)
+        elif args.selection == "stochastic":
+            selection = StochasticSelection(args.selection_temperature or 1.0, seed=args.seed)
+        else:
+            selection = TopDistinct()
+        boundary = ChunkBoundary(args.chunk_length, stop_strings=args.chunk_stop)
         return ChunkBeamSearch(
-            pair, args.beam_width, args.successors, args.chunk_length, tokenizer=strong_tokenizer
+            pair, args.beam_width, budget, boundary, tokenizer=strong_tokenizer, selection=selection
         )
     if args.method == "bon":
         return BestOfN(pair, args.n, tokenizer=strong_tokenizer)
@@ -980,8 +1085,10 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return set(eos)
 
 
-def _generate_batch(model, tokenizer, strategy, batch: list[Prepared], args) -> tuple[list[str], list | None]:
-    """Responses (text) and log-ratios (searches only) for one batch of prepared prompts."""
+def _generate_batch(
+    model, tokenizer, strategy, batch: list[Prepared], args
+) -> tuple[list[str], list | None, list | None]:
+    """Responses (text), log-ratios and costs (searches only) for one batch of prepared prompts."""
     import torch
 
     if args.endpoint is not None:  # `model` is a CompletionsSampler
@@ -991,7 +1098,7 @@ def _generate_batch(model, tokenizer, strategy, batch: list[Prepared], args) -> 
             weak_prompts=[p.weak for p in batch],
             max_new_tokens=args.max_new_tokens,
         )
-        return list(out.texts), [float(x) for x in out.log_ratios]
+        return list(out.texts), [float(x) for x in out.log_ratios], _costs(out, len(batch))
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     inputs = tokenizer.pad({"input_ids": [p.ids for p in batch]}, return_tensors="pt")
@@ -1015,7 +1122,13 @@ def _generate_batch(model, tokenizer, strategy, batch: list[Prepared], args) -> 
         for row in out.sequences.tolist()
     ]
     log_ratios = getattr(out, "log_ratios", None)
-    return texts, None if log_ratios is None else [float(x) for x in log_ratios]
+    return texts, None if log_ratios is None else [float(x) for x in log_ratios], _costs(out, len(batch))
+
+
+def _costs(out, prompts: int) -> list[dict[str, int]] | None:
+    """Each prompt's search cost as plain numbers (``None`` for token guidance, which has none)."""
+    cost = getattr(out, "cost", None)
+    return None if cost is None else [cost.to_dict(b) for b in range(prompts)]
 
 
 def _records(args: argparse.Namespace) -> tuple[list[PromptRecord], list[BadLine]]:
@@ -1106,7 +1219,9 @@ def _load_remote(args: argparse.Namespace):
     return sampler, tokenizer, pair, make_strategy(args, pair, tokenizer)
 
 
-def _result_line(item: Prepared, text: Any, log_ratio: Any, settings: dict, args) -> str:
+def _result_line(
+    item: Prepared, text: Any, log_ratio: Any, settings: dict, args, cost: dict | None = None
+) -> str:
     """One line of --out as text; ValueError when the result is not one to keep."""
     if not isinstance(text, str):
         raise ValueError(f"the response is a {type(text).__name__}, not text: {text!r:.80}")
@@ -1115,7 +1230,9 @@ def _result_line(item: Prepared, text: Any, log_ratio: Any, settings: dict, args
             f"the pair scored the response {log_ratio}: a log-ratio must be a finite number (weights or "
             "weak models that produce NaN/inf?); not written"
         )
-    line = json.dumps(_result(item, text, log_ratio, settings, args), ensure_ascii=False, allow_nan=False)
+    line = json.dumps(
+        _result(item, text, log_ratio, settings, args, cost), ensure_ascii=False, allow_nan=False
+    )
     line.encode("utf-8")  # UnicodeEncodeError (a ValueError) before anything is written
     return line
 
@@ -1128,7 +1245,7 @@ def _answer(model, tokenizer, strategy, batch: list[Prepared], settings: dict, a
     rerun is never stuck on it).
     """
     try:
-        texts, log_ratios = _generate_batch(model, tokenizer, strategy, batch, args)
+        texts, log_ratios, costs = _generate_batch(model, tokenizer, strategy, batch, args)
         if len(texts) != len(batch) or (log_ratios is not None and len(log_ratios) != len(batch)):
             raise RuntimeError(f"{len(texts)} responses came back for {len(batch)} prompts")
     except Exception as error:  # a prompt too long, a server down, a bug: the others may still work
@@ -1146,14 +1263,17 @@ def _answer(model, tokenizer, strategy, batch: list[Prepared], settings: dict, a
     outcomes: list[tuple[Prepared, str | BadLine]] = []
     for i, item in enumerate(batch):
         ratio = None if log_ratios is None else log_ratios[i]
+        cost = None if costs is None else costs[i]
         try:
-            outcomes.append((item, _result_line(item, texts[i], ratio, seeded, args)))
+            outcomes.append((item, _result_line(item, texts[i], ratio, seeded, args, cost)))
         except ValueError as error:
             outcomes.append((item, BadLine(item.record.line, f"id {json.dumps(item.record.id)}: {error}")))
     return outcomes
 
 
-def _result(item: Prepared, text: str, log_ratio: float | None, settings: dict, args) -> dict[str, Any]:
+def _result(
+    item: Prepared, text: str, log_ratio: float | None, settings: dict, args, cost: dict | None = None
+) -> dict[str, Any]:
     """One line of --out."""
     result: dict[str, Any] = {"id": item.record.id, "prompt": item.record.prompt}
     if item.record.weak_prompt is not None:
@@ -1161,6 +1281,8 @@ def _result(item: Prepared, text: str, log_ratio: float | None, settings: dict, 
     result.update(response=text, method=args.method)
     if log_ratio is not None:
         result["log_ratio"] = log_ratio
+    if cost is not None:
+        result["cost"] = cost
     result["settings"] = settings
     return result
 

@@ -1,10 +1,14 @@
 """Chunk-level beam search (CBS) and best-of-N over a frozen large model, scored by a weak pair.
 
-Each round, every live beam of every prompt samples ``K`` chunks of ``L`` tokens from the large model
-(with its own logits processors, so temperature/top-k/top-p apply); each candidate is scored by the
-pair's log-ratio of the whole response so far; the best ``W`` distinct candidates per prompt survive.
-The large model's KV cache is prefilled once per prompt and re-indexed between rounds; the pair scores
-each chunk incrementally from its own cache ([`GuidanceState`][w2s_generate.GuidanceState]).
+One loop, the paper's pseudo-code, for a local large model and for one reached as text:
+
+1. every live beam of every prompt samples ``K`` chunks (a [`BudgetPolicy`][w2s_generate.BudgetPolicy])
+   ending where the [`ChunkBoundary`][w2s_generate.ChunkBoundary] says, from a
+   [candidate source][w2s_generate.candidates.CandidateSource];
+2. each candidate is scored by the pair's log-ratio of the whole response so far, incrementally;
+3. a [`SelectionPolicy`][w2s_generate.SelectionPolicy] keeps ``W`` distinct hypotheses per prompt
+   (finished ones wait in the prompt's pool);
+4. the survivors are expanded: the large model's KV cache and the pair's state are re-indexed.
 """
 
 from __future__ import annotations
@@ -15,12 +19,22 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteriaList
 
-from ._compat import accepts_position_ids, new_cache, select_cache_rows
-from .bridge import TextBridge, advance_texts
+from .bridge import TextBridge
+from .candidates import CandidateSource, IdScorer, LocalModelSource, TextSamplerSource, TextScorer
 from .pairs import WeakPair
+from .policies import (
+    BudgetPolicy,
+    Candidate,
+    ChunkBoundary,
+    ConstantBudget,
+    SearchCost,
+    SelectionPolicy,
+    TopDistinct,
+    _is_count,
+)
 from .processor import check_shared_vocabulary, rows_look_padded
-from .row_processors import check_processors, processors_for_rows
-from .samplers import Chunk, ChunkSampler
+from .row_processors import check_processors
+from .samplers import ChunkSampler
 from .strategy import SearchOutput, Strategy, TextSearchOutput, check_prompt_rows
 
 
@@ -37,6 +51,7 @@ class RoundTrace:
         kept: ``[R]`` whether the candidate survived the round.
         component_scores: name -> ``[R]`` each pair's own score (one entry per pair of an ensemble):
             a strong model gaming one judge shows as one component rising while another falls.
+        cost: what the search had spent per prompt by the end of the round.
 
     Examples:
         >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=8,
@@ -53,6 +68,7 @@ class RoundTrace:
     side_scores: torch.Tensor
     kept: torch.Tensor
     component_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    cost: SearchCost | None = None
 
 
 @dataclass
@@ -80,40 +96,79 @@ class ChunkBeamSearch(Strategy):
     layout are refused by name. ``num_return_sequences <= beam_width`` returns the best ones (the
     best is repeated when fewer distinct hypotheses exist);
     ``return_dict_in_generate=True`` returns a [`SearchOutput`][w2s_generate.SearchOutput] with each
-    sequence's log-ratio, and ``return_trace=True`` adds the per-round trace.
+    sequence's log-ratio and what the search cost, and ``return_trace=True`` adds the per-round trace.
+
+    How the budget is spent is pluggable (see [policies](policies.md)): ``successors_per_beam`` takes a
+    [`BudgetPolicy`][w2s_generate.BudgetPolicy], ``chunk_length`` a
+    [`ChunkBoundary`][w2s_generate.ChunkBoundary], ``selection`` a
+    [`SelectionPolicy`][w2s_generate.SelectionPolicy].
 
     Args:
         pair: the weak pair whose log-ratio scores candidates.
         beam_width: W, beams kept per prompt.
-        successors_per_beam: K, chunks sampled from each beam per round.
-        chunk_length: L, tokens per chunk; ``None`` samples whole responses (best-of-N).
+        successors_per_beam: K, chunks sampled from each beam per round, or a budget policy
+            (e.g. [`ScheduledBudget`][w2s_generate.ScheduledBudget]`([8, 4, 2])`).
+        chunk_length: L, tokens per chunk; ``None`` samples whole responses (best-of-N); or a
+            [`ChunkBoundary`][w2s_generate.ChunkBoundary] that also ends chunks at stop strings or tokens.
         tokenizer: the large model's tokenizer. Needed when it differs from the pair's (text is then
             bridged by decoding and re-encoding); when not given, the pair's tokenizer is taken to be
             the large model's, which is refused if the output tables differ by more than 1% of rows.
+        selection: which candidates survive a round; default [`TopDistinct`][w2s_generate.TopDistinct]
+            (the W best distinct ones).
 
     Examples:
         >>> cbs = ChunkBeamSearch(pair, beam_width=2, successors_per_beam=2, chunk_length=4)
         >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=16)
+        >>> diverse = ChunkBeamSearch(pair, 2, ScheduledBudget([4, 2]), 4, selection=DiverseSelection(1))
+        >>> out = model.generate(**inputs, custom_generate=diverse, do_sample=True, max_new_tokens=16)
     """
 
     def __init__(
         self,
         pair: WeakPair,
         beam_width: int = 4,
-        successors_per_beam: int = 4,
-        chunk_length: int | None = 5,
+        successors_per_beam: int | BudgetPolicy = 4,
+        chunk_length: int | ChunkBoundary | None = 5,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        selection: SelectionPolicy | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(pair, WeakPair):
             raise TypeError(f"pair must be a w2s_generate.WeakPair; got {type(pair).__name__}.")
         # Booleans are ints to Python, but beam_width=True is a mistake, not a width of 1.
-        for name, value in (("beam_width", beam_width), ("successors_per_beam", successors_per_beam)):
-            if not _is_count(value):
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
-        if chunk_length is not None and not _is_count(chunk_length):
+        if not _is_count(beam_width):
+            raise ValueError(f"beam_width must be an integer >= 1; got {beam_width!r}.")
+        if isinstance(successors_per_beam, numbers.Number) or successors_per_beam is None:
+            if not _is_count(successors_per_beam):
+                raise ValueError(
+                    f"successors_per_beam must be an integer >= 1; got {successors_per_beam!r}. For a K that "
+                    "changes by round, pass a budget policy (e.g. ScheduledBudget([8, 4, 2]))."
+                )
+            budget: BudgetPolicy = ConstantBudget(int(successors_per_beam))
+        elif callable(getattr(successors_per_beam, "successors", None)) and _is_count(
+            getattr(successors_per_beam, "max_successors", None)
+        ):
+            budget = successors_per_beam
+        else:
+            raise TypeError(
+                "successors_per_beam must be an integer >= 1 or a budget policy (successors() and "
+                f"max_successors, e.g. ScheduledBudget); got a {type(successors_per_beam).__name__}."
+            )
+        if isinstance(chunk_length, ChunkBoundary):
+            boundary = chunk_length
+        elif chunk_length is None or _is_count(chunk_length):
+            boundary = ChunkBoundary(chunk_length)
+        else:
             raise ValueError(
-                f"chunk_length must be an integer >= 1 or None (whole responses); got {chunk_length!r}."
+                f"chunk_length must be an integer >= 1 or None (whole responses); got {chunk_length!r}. "
+                "To end chunks at stop strings or tokens, pass a ChunkBoundary."
+            )
+        if selection is None:
+            selection = TopDistinct()
+        elif not callable(getattr(selection, "choose", None)):
+            raise TypeError(
+                f"selection must be a selection policy with a choose() method (e.g. DiverseSelection); "
+                f"got a {type(selection).__name__}."
             )
         if tokenizer is not None and not hasattr(tokenizer, "get_vocab"):
             raise TypeError(
@@ -121,15 +176,26 @@ class ChunkBeamSearch(Strategy):
             )
         self.pair = pair
         self.beam_width = int(beam_width)
-        self.successors_per_beam = int(successors_per_beam)
-        self.chunk_length = None if chunk_length is None else int(chunk_length)
+        self.budget = budget
+        self.boundary = boundary
+        self.selection = selection
         self.tokenizer = tokenizer
 
+    @property
+    def successors_per_beam(self) -> int:
+        """The largest K any round samples per beam."""
+        return self.budget.max_successors
+
+    @property
+    def chunk_length(self) -> int | None:
+        """The chunk cap L (``None``: whole responses)."""
+        return self.boundary.max_tokens
+
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(W={self.beam_width}, K={self.successors_per_beam}, L={self.chunk_length}, "
-            f"pair={self.pair!r})"
-        )
+        budget = self.budget.successors_per_beam if isinstance(self.budget, ConstantBudget) else self.budget
+        boundary = self.boundary.max_tokens if self.boundary.is_fixed else self.boundary
+        selection = "" if isinstance(self.selection, TopDistinct) else f", selection={self.selection!r}"
+        return f"{type(self).__name__}(W={self.beam_width}, K={budget}, L={boundary}{selection}, pair={self.pair!r})"
 
     # ------------------------------------------------------------------ entry point from generate()
     @torch.no_grad()
@@ -146,11 +212,13 @@ class ChunkBeamSearch(Strategy):
     ):
         config = generation_config
         self._check_call(model, config, input_ids, model_kwargs.get("attention_mask"))
+        check_processors(logits_processor, type(self).__name__)
+        self._check_boundary_processors(logits_processor)
         expand = max(config.num_beams, config.num_return_sequences)
         prompt_ids = input_ids[::expand]
         mask = model_kwargs.get("attention_mask")
         mask = torch.ones_like(prompt_ids) if mask is None else mask[::expand]
-        batch = prompt_ids.shape[0]
+        batch, prompt_len = prompt_ids.shape
         if weak_prompts is not None and len(weak_prompts) != batch:
             raise ValueError(
                 f"weak_prompts has {len(weak_prompts)} entries for {batch} prompts: give one per prompt."
@@ -158,30 +226,62 @@ class ChunkBeamSearch(Strategy):
         stopping_criteria = self.extend_stopping_criteria(stopping_criteria)
         tokenizer = self.bound_tokenizer or self.tokenizer
         bridge = self._bridge(model, tokenizer)
-        pad = _pad_token_id(config)
+        if self.boundary.stop_strings and tokenizer is None and bridge is None:
+            tokenizer = self.pair.tokenizer  # a shared vocabulary: the pair's tokenizer decodes the ids
         streamer = self.bound_streamer
         if streamer is not None:
             if batch != 1:
                 raise ValueError(f"A streamer takes one prompt at a time; got a batch of {batch}.")
             streamer.put(prompt_ids.cpu())
-        result = _Search(
-            self,
+        cost = SearchCost.zeros(batch)
+        source = LocalModelSource(
             model,
             prompt_ids,
             mask,
             logits_processor,
             stopping_criteria,
             config,
-            pad,
-            bridge,
-            weak_prompts,
-            streamer,
-        ).run(return_trace)
-        if streamer is not None:
-            streamer.end()
-        if config.return_dict_in_generate:
-            return result
-        return result.sequences
+            _pad_token_id(config),
+            self.boundary,
+            max(config.max_length - prompt_len, 0),
+            self.beam_width * self.budget.max_successors,
+            cost,
+            stop_string_tokenizer=tokenizer,
+        )
+        # The prompts as the large model saw them: its ids, or their text across tokenizers.
+        prompt_rows = [
+            [t for t, m in zip(ids, row) if m] for ids, row in zip(prompt_ids.tolist(), mask.tolist())
+        ]
+        if bridge is None:
+            default_weak_prompts = prompt_rows
+        else:
+            default_weak_prompts = bridge.start(prompt_rows)  # also hands the prompts to the bridge
+        state = self.pair.start(weak_prompts if weak_prompts is not None else default_weak_prompts)
+        scorer = IdScorer(state, cost) if bridge is None else TextScorer(state, self.pair, bridge.texts, cost)
+        stream = _Streamer(streamer) if streamer is not None else None
+        pools, trace = self._search(source, scorer, cost, return_trace, stream)
+        rows: list[list[int]] = []
+        scores: list[float] = []
+        for b, hyps in enumerate(_best(pools, config.num_return_sequences)):
+            for score, response in hyps:
+                rows.append(prompt_ids[b].tolist() + response)
+                scores.append(score)
+        width = max(len(r) for r in rows)
+        sequences = torch.full((len(rows), width), _pad_token_id(config), dtype=torch.long)
+        for i, r in enumerate(rows):
+            sequences[i, : len(r)] = torch.tensor(r)
+        if stream is not None:
+            stream.end(rows[0][prompt_len:])
+        if not config.return_dict_in_generate:
+            return sequences.to(prompt_ids.device)
+        log_ratios = torch.tensor(scores)
+        return SearchOutput(
+            sequences=sequences.to(prompt_ids.device),
+            log_ratios=log_ratios,
+            sequences_scores=log_ratios,
+            trace=trace or None,
+            cost=cost,
+        )
 
     @torch.no_grad()
     def run(
@@ -198,7 +298,7 @@ class ChunkBeamSearch(Strategy):
 
         Every round asks ``sampler`` for K continuations of at most L tokens of each live beam's text
         (``prompt + response so far``); the pair scores the texts incrementally, as in the
-        cross-tokenizer path.
+        cross-tokenizer path. The loop is the one ``generate`` runs.
 
         Args:
             prompts: the prompts exactly as the large model should see them (already templated).
@@ -213,9 +313,9 @@ class ChunkBeamSearch(Strategy):
         Examples:
             >>> sampler = CompletionsSampler("http://127.0.0.1:8000/v1", "my-model")   # doctest: +SKIP
             >>> out = cbs.run(["The movie was"], sampler=sampler, max_new_tokens=50)  # doctest: +SKIP
-            >>> out.texts[0], out.log_ratios[0]                                       # doctest: +SKIP
+            >>> out.texts[0], out.log_ratios[0], out.cost.large_tokens                # doctest: +SKIP
         """
-        W, K = self.beam_width, self.successors_per_beam
+        W = self.beam_width
         if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(
                 f"prompts must be a non-empty list of strings (the large model's prompt text); got {prompts!r:.60}."
@@ -243,69 +343,120 @@ class ChunkBeamSearch(Strategy):
         weak_prompts = list(prompts) if weak_prompts is None else list(weak_prompts)
         if len(weak_prompts) != len(prompts):
             raise ValueError(f"weak_prompts has {len(weak_prompts)} entries for {len(prompts)} prompts.")
-        chunk = self.chunk_length or max_new_tokens
-        owners = [b for b in range(len(prompts)) for _ in range(W * K)]
-        state = self.pair.start(weak_prompts)
-        state.select(torch.tensor(owners))
-        texts = [""] * len(owners)
-        weak_rows: list[list[int]] = [[] for _ in owners]
-        pools = [_Pool() for _ in prompts]
+        cost = SearchCost.zeros(len(prompts))
+        source = TextSamplerSource(sampler, list(prompts), self.boundary, max_new_tokens, cost)
+        scorer = TextScorer(self.pair.start(weak_prompts), self.pair, lambda texts, owners: texts, cost)
+        pools, trace = self._search(source, scorer, cost, return_trace, None)
+        best = [h for hyps in _best(pools, num_return_sequences) for h in hyps]
+        scores = torch.tensor([score for score, _ in best])
+        return TextSearchOutput(
+            texts=[text for _, text in best],
+            log_ratios=scores,
+            sequences_scores=scores,
+            trace=trace or None,
+            cost=cost,
+        )
+
+    # ------------------------------------------------------------------ the search
+    def _search(
+        self,
+        source: CandidateSource,
+        scorer: IdScorer | TextScorer,
+        cost: SearchCost,
+        return_trace: bool,
+        stream: _Streamer | None,
+    ) -> tuple[list[_Pool], list[RoundTrace]]:
+        """Rounds of sample -> score -> select -> expand until no prompt has a live beam."""
+        W = self.beam_width
+        batch = len(source.owners)
+        pools = [_Pool() for _ in range(batch)]
         trace: list[RoundTrace] = []
-        steps = min(chunk, max_new_tokens)
-        children = _sample(sampler, list(prompts), W * K, steps)
-        generated, round_index = 0, 0
+        # Round 0: W copies of each prompt, each with K_0 successors.
+        k0 = self._successors(0, None, [])
+        if k0 == 0:
+            raise ValueError(f"the budget policy {self.budget!r} gave no successors for round 0.")
+        parents, repeats = list(range(batch)), [W * k0] * batch
+        parent_of_row = [i // k0 for i in range(W * k0)] * batch
+        round_index = 0
         while True:
-            generated += steps
-            texts = [t + c.text for t, c in zip(texts, children)]
-            finished = [c.finished or generated >= max_new_tokens for c in children]
-            advance_texts(self.pair, state, weak_rows, texts)
-            scores = state.scores
-            keep, kept_finished = select_hypotheses(pools, owners, texts, scores.tolist(), finished, W)
+            source.expand(parents, repeats)
+            scorer.select([p for p, r in zip(parents, repeats) for _ in range(r)])
+            # 1. Sample one chunk for every live row.
+            chunks = source.sample()
+            responses = source.responses()
+            owners = source.owners
+            # 2. Score every candidate by the pair's log-ratio of its whole response so far.
+            scorer.advance(chunks, responses, owners)
+            scores = scorer.state.scores
+            # 3. Keep W distinct hypotheses per prompt (finished ones stay in the pool).
+            keep, kept_finished = select_hypotheses(
+                pools, owners, responses, scores.tolist(), chunks.finished, W, self.selection, parent_of_row
+            )
             if return_trace:
                 kept = torch.zeros(len(owners), dtype=torch.bool)
                 kept[keep + kept_finished] = True
+                side_scores = scorer.state.side_scores.cpu()
                 trace.append(
                     RoundTrace(
                         round_index,
                         torch.tensor(owners),
-                        list(texts),
+                        list(responses),
                         scores.cpu(),
-                        state.side_scores.cpu(),
+                        side_scores,
                         kept,
-                        {
-                            n: torch.tensor(v) @ state.side_scores.cpu()
-                            for n, v in self.pair.components.items()
-                        },
+                        {n: torch.tensor(v) @ side_scores for n, v in self.pair.components.items()},
+                        cost.copy(),
                     )
                 )
+            if stream is not None:
+                stream.round(pools[0], [responses[r] for r in keep])
             round_index += 1
-            if not keep or generated >= max_new_tokens:
-                break
-            # Survivors, each repeated K times, on both sides; then K chunks per survivor.
-            expand = [r for r in keep for _ in range(K)]
-            state.select(torch.tensor(expand))
-            owners = [owners[r] for r in expand]
-            weak_rows = [list(weak_rows[r]) for r in expand]
-            texts = [texts[r] for r in expand]
-            steps = min(chunk, max_new_tokens - generated)
-            children = _sample(
-                sampler, [prompts[owners[i * K]] + texts[i * K] for i in range(len(keep))], K, steps
+            # 4. Expand the survivors by each prompt's budget for the next round.
+            live_scores: dict[int, list[float]] = {}
+            host_scores = scores.tolist()
+            for r in keep:
+                live_scores.setdefault(owners[r], []).append(host_scores[r])
+            budget = {
+                b: self._successors(
+                    round_index, max((f.score for f in pools[b].finished), default=None), live
+                )
+                for b, live in live_scores.items()
+            }
+            for r in keep:
+                if budget[owners[r]] == 0:  # the prompt is settled: its live beams are final
+                    pools[owners[r]].finished.append(_Finished(responses[r], host_scores[r]))
+                    pools[owners[r]].done = True
+            keep = [r for r in keep if budget[owners[r]] > 0]
+            if not keep:
+                return pools, trace
+            parents, repeats = keep, [budget[owners[r]] for r in keep]
+            parent_of_row = [i for i, k in enumerate(repeats) for _ in range(k)]
+
+    def _successors(self, round_index: int, best_finished: float | None, live: list[float]) -> int:
+        k = self.budget.successors(round_index, best_finished, live)
+        if not _is_count(k, 0) or k > self.budget.max_successors:
+            raise ValueError(
+                f"the budget policy {self.budget!r} returned {k!r} successors for round {round_index}: it must "
+                f"return an integer between 0 and its max_successors={self.budget.max_successors}."
             )
-        live_scores = scores.tolist()
-        out_texts: list[str] = []
-        out_scores: list[float] = []
-        for b, pool in enumerate(pools):
-            hyps = [(f.score, f.response) for f in pool.finished]
-            hyps += [(live_scores[r], texts[r]) for r in keep if owners[r] == b]
-            hyps.sort(key=lambda h: -h[0])
-            hyps += [hyps[0]] * max(num_return_sequences - len(hyps), 0)
-            for score, text in hyps[:num_return_sequences]:
-                out_texts.append(text)
-                out_scores.append(score)
-        scores = torch.tensor(out_scores)
-        return TextSearchOutput(
-            texts=out_texts, log_ratios=scores, sequences_scores=scores, trace=trace or None
-        )
+        return int(k)
+
+    def _check_boundary_processors(self, processors: LogitsProcessorList) -> None:
+        """Refuse the processors that read a row's length from the batch width when chunks end early."""
+        if self.boundary.is_fixed:
+            return
+        for processor in processors:
+            name = type(processor).__name__
+            by_width = name in _WIDTH_PROCESSORS
+            by_prompt_width = name == "RepetitionPenaltyLogitsProcessor" and (
+                getattr(processor, "prompt_ignore_length", None) is not None
+            )
+            if by_width or by_prompt_width:
+                raise ValueError(
+                    f"{name} ({_WIDTH_PROCESSORS.get(name, 'repetition_penalty ignoring the prompt')}) reads a "
+                    "row's length from the batch width, which chunks that end at stop strings or tokens make "
+                    "unequal: use a fixed chunk_length with it, or drop it."
+                )
 
     def _check_call(
         self,
@@ -353,29 +504,6 @@ class ChunkBeamSearch(Strategy):
         return None
 
 
-def _is_count(value: object) -> bool:
-    """An integer >= 1 that is not a bool (numpy integers are fine)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-
-
-def _sample(sampler: ChunkSampler, prefixes: list[str], n: int, max_tokens: int) -> list[Chunk]:
-    """``n`` chunks per prefix, flattened prefix-major; a sampler that returns another count is refused."""
-    sampled = sampler.sample(prefixes, n, max_tokens)
-    counts = [len(per_prefix) for per_prefix in sampled]
-    if len(sampled) != len(prefixes) or any(c != n for c in counts):
-        raise ValueError(
-            f"{type(sampler).__name__}.sample was asked for {n} continuations of each of {len(prefixes)} "
-            f"prefixes and returned {counts}: a ChunkSampler returns exactly n Chunks per prefix."
-        )
-    chunks = [c for per_prefix in sampled for c in per_prefix]
-    if not all(isinstance(c, Chunk) for c in chunks):
-        bad = next(type(c).__name__ for c in chunks if not isinstance(c, Chunk))
-        raise TypeError(
-            f"{type(sampler).__name__}.sample returned a {bad}; it must return w2s_generate.Chunk objects."
-        )
-    return chunks
-
-
 class BestOfN(ChunkBeamSearch):
     """Best of ``n`` whole samples by the pair's log-ratio: CBS with W=1, K=n and whole responses.
 
@@ -394,6 +522,14 @@ class BestOfN(ChunkBeamSearch):
         return f"BestOfN(n={self.n}, pair={self.pair!r})"
 
 
+#: Processors that read a row's length from the batch width (refused when chunks end early).
+_WIDTH_PROCESSORS = {
+    "MinLengthLogitsProcessor": "min_length",
+    "MinNewTokensLengthLogitsProcessor": "min_new_tokens",
+    "ExponentialDecayLengthPenalty": "exponential_decay_length_penalty",
+}
+
+
 def select_hypotheses(
     pools: list[_Pool],
     owners: list[int],
@@ -401,12 +537,17 @@ def select_hypotheses(
     scores: list[float],
     finished: list[bool],
     width: int,
+    policy: SelectionPolicy | None = None,
+    parents: list[int] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Keep the best ``width`` distinct hypotheses of each prompt among its pool and this round's rows.
+    """Keep ``width`` distinct hypotheses of each prompt among its pool and this round's rows.
 
-    Responses are token-id lists or texts; identical ones take one slot. Finished rows that survive
-    move into their prompt's pool. Returns the live rows to expand and the finished rows kept.
+    Responses are token-id lists or texts; identical ones take one slot (the best-scored copy).
+    ``policy`` chooses among the distinct candidates (default: the best ``width``); ``parents`` gives
+    each row's parent beam for it. Finished rows that survive move into their prompt's pool.
+    Returns the live rows to expand and the finished rows kept.
     """
+    policy = policy or TopDistinct()
     by_prompt: dict[int, list[int]] = {}
     for row, owner in enumerate(owners):
         by_prompt.setdefault(owner, []).append(row)
@@ -415,21 +556,41 @@ def select_hypotheses(
     for b, pool in enumerate(pools):
         if pool.done:
             continue
-        candidates: list[tuple[float, object, int | None, _Finished | None]] = []
+        entries: list[tuple[float, object, int | None, _Finished | None]] = []
         for item in pool.finished:
-            candidates.append((item.score, _key(item.response), None, item))
+            entries.append((item.score, _key(item.response), None, item))
         for row in by_prompt.get(b, []):
-            candidates.append((scores[row], _key(responses[row]), row, None))
-        # Higher score first; among ties the earlier candidate (the pool, then row order).
-        order = sorted(range(len(candidates)), key=lambda i: -candidates[i][0])
+            entries.append((scores[row], _key(responses[row]), row, None))
+        # Higher score first; among ties the earlier entry (the pool, then row order). Identical
+        # hypotheses keep their best-scored copy.
         seen: set = set()
+        distinct = []
+        for i in sorted(range(len(entries)), key=lambda i: -entries[i][0]):
+            if entries[i][1] not in seen:
+                seen.add(entries[i][1])
+                distinct.append(entries[i])
+        candidates = [
+            Candidate(
+                score,
+                None if row is None or parents is None else parents[row],
+                item is not None or finished[row],
+            )
+            for score, _, row, item in distinct
+        ]
+        chosen = policy.choose(candidates, width)
+        if (
+            len(set(chosen)) != len(chosen)
+            or len(chosen) > width
+            or not all(0 <= i < len(distinct) for i in chosen)
+        ):
+            raise ValueError(
+                f"the selection policy {policy!r} returned {chosen!r} for {len(distinct)} candidates: it must "
+                f"return at most {width} distinct indices into the candidates."
+            )
         kept: list[_Finished] = []
         live: list[int] = []
-        for i in order:
-            score, key, row, item = candidates[i]
-            if key in seen:
-                continue  # identical hypotheses take one slot
-            seen.add(key)
+        for i in chosen:
+            score, _, row, item = distinct[i]
             if item is not None:
                 kept.append(item)
             elif finished[row]:
@@ -437,12 +598,21 @@ def select_hypotheses(
                 kept_finished_rows.append(row)
             else:
                 live.append(row)
-            if len(seen) == width:
-                break
         pool.finished = kept
         pool.done = not live
         keep_rows.extend(live)
     return keep_rows, kept_finished_rows
+
+
+def _best(pools: list[_Pool], n_return: int) -> list[list[tuple[float, list[int] | str]]]:
+    """Each prompt's best ``n_return`` hypotheses, best first (the best repeated if too few exist)."""
+    best = []
+    for pool in pools:
+        hyps = sorted(((f.score, f.response) for f in pool.finished), key=lambda h: -h[0])
+        # Fewer distinct hypotheses than asked for (e.g. top_k=1): repeat the best, as generate would.
+        hyps += [hyps[0]] * max(n_return - len(hyps), 0)
+        best.append(hyps[:n_return])
+    return best
 
 
 def _key(response: list[int] | str):
@@ -458,210 +628,15 @@ def _pad_token_id(config: GenerationConfig) -> int:
     return int(eos) if eos is not None else 0
 
 
-class _Search:
-    """One run of the search over a batch of prompts. Rows: the live candidates of all prompts."""
+class _Streamer:
+    """Sends a streamer the prefix shared by every surviving hypothesis of the (single) prompt."""
 
-    def __init__(
-        self,
-        strategy,
-        model,
-        prompt_ids,
-        prompt_mask,
-        processors,
-        stopping,
-        config,
-        pad,
-        bridge,
-        weak_prompts,
-        streamer,
-    ):
-        self.s = strategy
-        self.model = model
-        self.prompt_ids = prompt_ids
-        self.prompt_mask = prompt_mask.long()
-        self.processors = processors
-        self.stopping = stopping
-        self.config = config
-        self.pad = pad
-        self.bridge = bridge
+    def __init__(self, streamer) -> None:
         self.streamer = streamer
         self.streamed = 0
-        self.batch = prompt_ids.shape[0]
-        self.prompt_len = prompt_ids.shape[1]
-        self.max_new = max(config.max_length - self.prompt_len, 0)
-        self.chunk = strategy.chunk_length or self.max_new or 1
-        self.uses_position_ids = accepts_position_ids(model)
-        # generate's rows per prompt, for which its processors were prepared.
-        self.expand = max(config.num_beams, config.num_return_sequences)
-        check_processors(processors, type(strategy).__name__)
-        default_weak_prompts = self._default_weak_prompts()  # also hands the prompts to the bridge
-        self.weak_prompts = weak_prompts if weak_prompts is not None else default_weak_prompts
-        self.trace: list[RoundTrace] = []
 
-    # ------------------------------------------------------------------ helpers (tensors)
-    def _default_weak_prompts(self) -> list:
-        """The prompts as the large model saw them: its ids, or their text across tokenizers."""
-        rows = [
-            [t for t, m in zip(ids, mask) if m]
-            for ids, mask in zip(self.prompt_ids.tolist(), self.prompt_mask.tolist())
-        ]
-        return rows if self.bridge is None else self.bridge.start(rows)
-
-    @staticmethod
-    def _slots(owners: list[int], per_prompt: int, batch: int) -> torch.Tensor | None:
-        """Each row's fixed sampling slot (``None`` when the rows fill all ``batch * per_prompt``).
-
-        Rows of prompt ``b`` take slots ``b * per_prompt, ...``; every step draws for all slots, so
-        the random stream of a slot never depends on how many rows other prompts still hold (with
-        ``W = K = 1`` it is plain sampling's, row for row, also after some rows have finished).
-        """
-        if len(owners) == batch * per_prompt:
-            return None  # rows are prompt-major and full: slot i is row i
-        taken: dict[int, int] = {}
-        slots = []
-        for b in owners:
-            slots.append(b * per_prompt + taken.get(b, 0))
-            taken[b] = taken.get(b, 0) + 1
-        return torch.tensor(slots, dtype=torch.long)
-
-    @staticmethod
-    def _draw(probs: torch.Tensor, slot_of_row: torch.Tensor | None, slots: int) -> torch.Tensor:
-        """``[R, V] -> [R]`` one sampled token per row, drawn in the rows' fixed slots."""
-        if slot_of_row is None:
-            return torch.multinomial(probs, num_samples=1).squeeze(1)
-        # Empty slots draw from any distribution: only their share of the random stream matters.
-        full = probs.new_ones((slots, probs.shape[-1]))
-        full[slot_of_row] = probs
-        return torch.multinomial(full, num_samples=1).squeeze(1)[slot_of_row]
-
-    def _forward(self, ids: torch.Tensor, cache) -> torch.Tensor:
-        """``[R, T] -> [R, V]`` next-token logits after feeding ``ids`` (the mask already covers them)."""
-        kwargs = {"input_ids": ids, "attention_mask": self.mask, "past_key_values": cache, "use_cache": True}
-        if self.uses_position_ids:
-            kwargs["position_ids"] = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-        return self.model(**kwargs, logits_to_keep=1).logits[:, -1].float()
-
-    # ------------------------------------------------------------------ the search
-    def run(self, return_trace: bool) -> SearchOutput:
-        W, K = self.s.beam_width, self.s.successors_per_beam
-        device = self.prompt_ids.device
-        # Prefill each prompt once, then expand its cache to the first round's W*K rows.
-        cache = new_cache(self.model)
-        self.mask = self.prompt_mask
-        logits = self._forward(self.prompt_ids, cache)
-        first = torch.arange(self.batch, device=device).repeat_interleave(W * K)
-        select_cache_rows(cache, first)
-        logits, self.mask = logits[first], self.mask[first]
-        seqs = self.prompt_ids[first]
-        prompt_of_row = first
-        weak = self.s.pair.start(self.weak_prompts)
-        weak.select(first)
-        weak_rows = [[] for _ in range(first.numel())] if self.bridge is not None else None
-        pools = [_Pool() for _ in range(self.batch)]
-        resp_len = torch.zeros(first.numel(), dtype=torch.long, device=device)
-        owners = first.tolist()  # host copy of prompt_of_row
-        generated = 0
-        round_index = 0
-        while True:
-            # 1. Sample one chunk of L tokens for every live row from the large model, with
-            #    generate's processors told which prompt each row belongs to.
-            steps = min(self.chunk, self.max_new - generated)
-            rows = seqs.shape[0]
-            processors = processors_for_rows(self.processors, owners, self.batch, self.expand)
-            slot_of_row = self._slots(owners, W * K, self.batch)
-            if slot_of_row is not None:
-                slot_of_row = slot_of_row.to(device)
-            unfinished = torch.ones(rows, dtype=torch.bool, device=device)
-            lengths = torch.zeros(rows, dtype=torch.long, device=device)
-            taken = 0
-            for step in range(steps):
-                scores = processors(seqs, logits)
-                probs = torch.softmax(scores, dim=-1)
-                tokens = self._draw(probs, slot_of_row, self.batch * W * K)
-                tokens = torch.where(unfinished, tokens, torch.full_like(tokens, self.pad))
-                seqs = torch.cat([seqs, tokens[:, None]], dim=-1)
-                self.mask = torch.cat([self.mask, unfinished[:, None].long()], dim=-1)
-                lengths += unfinished.long()
-                unfinished = unfinished & ~self.stopping(seqs, scores)
-                taken += 1
-                # Like generate: no more draws (nor forwards) once every row has finished.
-                if step + 1 == steps or not bool(unfinished.any()):
-                    break
-                logits = self._forward(tokens[:, None], cache)
-            generated += steps
-            resp_len = resp_len + lengths
-            chunk = seqs[:, -taken:] if taken else seqs[:, :0]
-            finished = ~unfinished | (generated >= self.max_new)
-            # 2. Score every candidate by the pair's log-ratio of its whole response so far.
-            if self.bridge is None:
-                weak.extend(chunk, lengths)
-            else:
-                self.bridge.advance(weak, weak_rows, seqs[:, self.prompt_len :], resp_len, prompt_of_row)
-            scores_now = weak.scores
-            # 3. Keep the best W distinct hypotheses per prompt (finished ones stay in the pool).
-            keep_rows = self._select(pools, prompt_of_row, seqs, resp_len, finished, scores_now, W)
-            if return_trace:
-                kept = torch.zeros(rows, dtype=torch.bool)
-                kept[keep_rows + self._kept_finished] = True
-                self.trace.append(
-                    RoundTrace(
-                        round_index,
-                        prompt_of_row.cpu(),
-                        [r[:n] for r, n in zip(seqs[:, self.prompt_len :].tolist(), resp_len.tolist())],
-                        scores_now.cpu(),
-                        weak.side_scores.cpu(),
-                        kept,
-                        {
-                            name: torch.tensor(vector) @ weak.side_scores.cpu()
-                            for name, vector in self.s.pair.components.items()
-                        },
-                    )
-                )
-            self._stream(pools, seqs, keep_rows, prompt_of_row)
-            round_index += 1
-            if not keep_rows or generated >= self.max_new:
-                live = torch.as_tensor(keep_rows, dtype=torch.long, device=device)
-                return self._finish(
-                    pools,
-                    seqs[live],
-                    resp_len[live],
-                    prompt_of_row[live],
-                    weak.scores[live.to(weak.scores.device)],
-                )
-            # 4. Re-index both caches: survivors, each repeated K times.
-            live = torch.as_tensor(keep_rows, dtype=torch.long, device=device)
-            select_cache_rows(cache, live)
-            seqs, self.mask, prompt_of_row, resp_len = (
-                seqs[live],
-                self.mask[live],
-                prompt_of_row[live],
-                resp_len[live],
-            )
-            logits = self._forward(seqs[:, -1:], cache)
-            expand = torch.arange(live.numel(), device=device).repeat_interleave(K)
-            owners = [owners[r] for r in keep_rows for _ in range(K)]
-            select_cache_rows(cache, expand)
-            seqs, self.mask, prompt_of_row = seqs[expand], self.mask[expand], prompt_of_row[expand]
-            logits, resp_len = logits[expand], resp_len[expand]
-            weak.select(live.to(weak.scores.device)[expand.to(weak.scores.device)])
-            if weak_rows is not None:
-                weak_rows = [list(weak_rows[int(live[int(i)])]) for i in expand.tolist()]
-
-    def _select(self, pools, prompt_of_row, seqs, resp_len, finished, scores, W) -> list[int]:
-        """Update each prompt's pool; return the live rows to expand next round (host sync, once a round)."""
-        responses = [r[:n] for r, n in zip(seqs[:, self.prompt_len :].tolist(), resp_len.tolist())]
-        keep_rows, self._kept_finished = select_hypotheses(
-            pools, prompt_of_row.tolist(), responses, scores.tolist(), finished.tolist(), W
-        )
-        return keep_rows
-
-    def _stream(self, pools, seqs, keep_rows, prompt_of_row) -> None:
-        """Send the prefix shared by every surviving hypothesis to the streamer."""
-        if self.streamer is None:
-            return
-        hyps = [f.response for f in pools[0].finished] + [
-            seqs[r, self.prompt_len :].tolist() for r in keep_rows
-        ]
+    def round(self, pool: _Pool, live_responses: list[list[int]]) -> None:
+        hyps = [f.response for f in pool.finished] + live_responses
         if not hyps:
             return
         common = min(len(h) for h in hyps)
@@ -673,35 +648,8 @@ class _Search:
             self.streamer.put(torch.tensor(hyps[0][self.streamed : common]))
             self.streamed = common
 
-    def _finish(self, pools, live_seqs, live_len, live_owner, live_scores) -> SearchOutput:
-        """Best ``num_return_sequences`` hypotheses per prompt, right-padded into one tensor."""
-        n_return = self.config.num_return_sequences
-        live_responses = [r[:n] for r, n in zip(live_seqs[:, self.prompt_len :].tolist(), live_len.tolist())]
-        live_scores_list = live_scores.tolist()
-        owners = live_owner.tolist()
-        rows: list[list[int]] = []
-        scores: list[float] = []
-        for b, pool in enumerate(pools):
-            hyps = [(f.score, f.response) for f in pool.finished]
-            hyps += [(live_scores_list[i], live_responses[i]) for i, o in enumerate(owners) if o == b]
-            hyps.sort(key=lambda h: -h[0])
-            # Fewer distinct hypotheses than asked for (e.g. top_k=1): repeat the best, as generate would.
-            hyps += [hyps[0]] * max(n_return - len(hyps), 0)
-            for score, response in hyps[:n_return]:
-                rows.append(self.prompt_ids[b].tolist() + response)
-                scores.append(score)
-        width = max(len(r) for r in rows)
-        sequences = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        for i, r in enumerate(rows):
-            sequences[i, : len(r)] = torch.tensor(r)
-        if self.streamer is not None and rows:
-            rest = rows[0][self.prompt_len + self.streamed :]
-            if rest:
-                self.streamer.put(torch.tensor(rest))
-        log_ratios = torch.tensor(scores)
-        return SearchOutput(
-            sequences=sequences.to(self.prompt_ids.device),
-            log_ratios=log_ratios,
-            sequences_scores=log_ratios,
-            trace=self.trace or None,
-        )
+    def end(self, best_response: list[int]) -> None:
+        rest = best_response[self.streamed :]
+        if rest:
+            self.streamer.put(torch.tensor(rest))
+        self.streamer.end()

@@ -20,6 +20,8 @@ class SearchOutput(ModelOutput):
         log_ratios: ``[B * num_return_sequences]`` the pair's objective of each returned response.
         sequences_scores: the same scores under the name transformers' beam search gives them.
         trace: with ``return_trace=True``, one [`RoundTrace`][w2s_generate.RoundTrace] per round.
+        cost: what the search spent per prompt ([`SearchCost`][w2s_generate.SearchCost]): large-model
+            tokens sampled and forwards, weak-model tokens scored.
 
     Examples:
         >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=8,
@@ -34,6 +36,7 @@ class SearchOutput(ModelOutput):
     log_ratios: torch.FloatTensor | None = None
     sequences_scores: torch.FloatTensor | None = None
     trace: list | None = None
+    cost: object | None = None
 
 
 @dataclass
@@ -46,6 +49,7 @@ class TextSearchOutput(ModelOutput):
         sequences_scores: the same scores under the name transformers' beam search gives them.
         trace: with ``return_trace=True``, one [`RoundTrace`][w2s_generate.RoundTrace] per round
             (its ``responses`` are texts).
+        cost: what the search spent per prompt ([`SearchCost`][w2s_generate.SearchCost]).
 
     Examples:
         >>> class Canned:
@@ -60,6 +64,7 @@ class TextSearchOutput(ModelOutput):
     log_ratios: torch.FloatTensor | None = None
     sequences_scores: torch.FloatTensor | None = None
     trace: list | None = None
+    cost: object | None = None
 
 
 class Strategy:

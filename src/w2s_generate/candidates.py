@@ -1,0 +1,380 @@
+"""Where a search's candidates come from and how the pair scores them.
+
+A *candidate source* samples one chunk for every live row and re-indexes its rows between rounds:
+[`LocalModelSource`][w2s_generate.candidates.LocalModelSource] samples from a local large model with
+its KV cache; [`TextSamplerSource`][w2s_generate.candidates.TextSamplerSource] asks a text sampler
+(e.g. a completions server). A *scorer* keeps the pair's incremental state in step with the rows:
+[`IdScorer`][w2s_generate.candidates.IdScorer] feeds the chunks' ids straight to the pair (shared
+vocabulary), [`TextScorer`][w2s_generate.candidates.TextScorer] feeds the responses' text re-encoded
+with the pair's tokenizer. The search loop (``search.py``) sees only these two interfaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers.generation.stopping_criteria import MaxLengthCriteria, StopStringCriteria
+
+from ._compat import accepts_position_ids, new_cache, select_cache_rows
+from .bridge import advance_texts
+from .pairs import WeakPair
+from .policies import ChunkBoundary, SearchCost, token_stop
+from .row_processors import processors_for_rows
+from .samplers import Chunk, ChunkSampler
+from .scoring import GuidanceState
+
+
+@dataclass
+class SampledChunks:
+    """One round's chunks, one per live row.
+
+    Attributes:
+        ids: ``[R, T]`` the chunk's token ids, valid tokens first (``None`` from a text source).
+        lengths: ``[R]`` valid tokens per row (``None`` from a text source).
+        finished: per row, whether the response has ended (EOS, a stopping criterion, the token budget).
+    """
+
+    ids: torch.Tensor | None
+    lengths: torch.Tensor | None
+    finished: list[bool]
+
+
+class CandidateSource:
+    """What the search loop needs from wherever candidates come from (see the module docstring)."""
+
+    owners: list[int]  # the prompt of each live row
+
+    def expand(self, parents: Sequence[int], repeats: Sequence[int]) -> None:
+        """Rows for the next round: ``parents[i]`` (a current row) ``repeats[i]`` times, in order."""
+        raise NotImplementedError
+
+    def sample(self) -> SampledChunks:
+        """One chunk for every row, counting what it spends into the source's cost."""
+        raise NotImplementedError
+
+    def responses(self) -> list:
+        """Each row's response so far (token ids or text), on the host."""
+        raise NotImplementedError
+
+
+def _compact(seqs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[R, T] -> [R, T]`` each row's real tokens right-aligned, its holes moved to the left.
+
+    A row that ended its chunk early leaves masked columns (holes) while others sample on; generate's
+    processors and stopping criteria read n-grams and endings, so they get the rows without holes,
+    left-padded as in a left-padded batch.
+    """
+    order = torch.sort(mask, dim=-1, stable=True).indices  # holes (0) first, tokens keep their order
+    return seqs.gather(-1, order)
+
+
+class LocalModelSource(CandidateSource):
+    """Chunks sampled from a local large model, its KV cache prefilled once and re-indexed each round.
+
+    Every row draws from its own fixed sampling slot (``slots_per_prompt`` per prompt), so a row's
+    random stream never depends on how many rows other prompts hold: with one beam and one successor
+    the search draws exactly what plain sampling draws.
+    """
+
+    def __init__(
+        self,
+        model,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        processors: LogitsProcessorList,
+        stopping: StoppingCriteriaList,
+        config: GenerationConfig,
+        pad: int,
+        boundary: ChunkBoundary,
+        max_new: int,
+        slots_per_prompt: int,
+        cost: SearchCost,
+        stop_string_tokenizer=None,
+    ) -> None:
+        self.model = model
+        self.prompt_ids = prompt_ids
+        self.processors = processors
+        self.config = config
+        self.pad = pad
+        self.boundary = boundary
+        self.max_new = max_new
+        self.chunk = boundary.max_tokens or max_new or 1
+        self.batch, self.prompt_len = prompt_ids.shape
+        self.slots_per_prompt = slots_per_prompt
+        self.expand_rows = max(config.num_beams, config.num_return_sequences)
+        self.uses_position_ids = accepts_position_ids(model)
+        self.device = prompt_ids.device
+        self.stop_ids = token_stop(boundary, self.device)
+        self.stop_strings = (
+            StopStringCriteria(stop_string_tokenizer, boundary.stop_strings)
+            if boundary.stop_strings
+            else None
+        )
+        if boundary.is_fixed:
+            self.stopping = stopping
+        else:
+            # Rows with holes are shorter than the batch is wide: the token budget is counted per row.
+            self.stopping = StoppingCriteriaList(
+                [c for c in stopping if not isinstance(c, MaxLengthCriteria)]
+            )
+        self.owners = list(range(self.batch))
+        # Prefill each prompt once.
+        self.cost = cost
+        self.cache = new_cache(model)
+        self.mask = prompt_mask.long()
+        self._count_forward()
+        self.logits = self._forward(prompt_ids)
+        self.seqs = prompt_ids
+        self.response_lengths = [0] * self.batch  # host copy, refreshed once a round
+        self._fresh = True
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[R, T] -> [R, V]`` next-token logits after feeding ``ids`` (the mask already covers them)."""
+        kwargs = {
+            "input_ids": ids,
+            "attention_mask": self.mask,
+            "past_key_values": self.cache,
+            "use_cache": True,
+        }
+        if self.uses_position_ids:
+            kwargs["position_ids"] = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        return self.model(**kwargs, logits_to_keep=1).logits[:, -1].float()
+
+    def _count_forward(self) -> None:
+        present = sorted(set(self.owners))
+        self.cost.add("large_forwards", present, [1] * len(present))
+
+    def expand(self, parents: Sequence[int], repeats: Sequence[int]) -> None:
+        live = torch.as_tensor(list(parents), dtype=torch.long, device=self.device)
+        owners = [self.owners[p] for p in parents]
+        lengths = [self.response_lengths[p] for p in parents]
+        if self._fresh:
+            self._fresh = False  # just prefilled: every row's logits are current
+        else:
+            # Survivors only: feed each one's last sampled token (one forward for W rows, not W*K).
+            select_cache_rows(self.cache, live)
+            self.seqs, self.mask, self.logits = self.seqs[live], self.mask[live], self.logits[live]
+            self.owners = owners
+            self._count_forward()
+            fresh = self._forward(self.seqs[:, -1:])
+            if self.boundary.is_fixed:
+                self.logits = fresh
+            else:
+                # A row whose chunk ended early has its last token fed already: its logits are kept.
+                self.logits = torch.where(self.mask[:, -1:] == 1, fresh, self.logits)
+            live = torch.arange(live.numel(), device=self.device)
+        index = live.repeat_interleave(torch.as_tensor(list(repeats), dtype=torch.long, device=self.device))
+        select_cache_rows(self.cache, index)
+        self.seqs, self.mask, self.logits = self.seqs[index], self.mask[index], self.logits[index]
+        self.owners = [o for o, r in zip(owners, repeats) for _ in range(r)]
+        self.response_lengths = [n for n, r in zip(lengths, repeats) for _ in range(r)]
+
+    def _slot_of_row(self) -> torch.Tensor | None:
+        """Each row's fixed sampling slot (``None`` when the rows fill all slots in order)."""
+        if len(self.owners) == self.batch * self.slots_per_prompt:
+            return None
+        taken: dict[int, int] = {}
+        slots = []
+        for b in self.owners:
+            slots.append(b * self.slots_per_prompt + taken.get(b, 0))
+            taken[b] = taken.get(b, 0) + 1
+        return torch.tensor(slots, dtype=torch.long, device=self.device)
+
+    def _draw(self, probs: torch.Tensor, slot_of_row: torch.Tensor | None) -> torch.Tensor:
+        """``[R, V] -> [R]`` one sampled token per row, drawn in the rows' fixed slots."""
+        if slot_of_row is None:
+            return torch.multinomial(probs, num_samples=1).squeeze(1)
+        # Empty slots draw from any distribution: only their share of the random stream matters.
+        full = probs.new_ones((self.batch * self.slots_per_prompt, probs.shape[-1]))
+        full[slot_of_row] = probs
+        return torch.multinomial(full, num_samples=1).squeeze(1)[slot_of_row]
+
+    def sample(self) -> SampledChunks:
+        rows = self.seqs.shape[0]
+        room = [self.max_new - n for n in self.response_lengths]
+        steps = min(self.chunk, max(room))
+        processors = processors_for_rows(self.processors, self.owners, self.batch, self.expand_rows)
+        slot_of_row = self._slot_of_row()
+        # A row samples while its response goes on, its chunk is open and its budget allows.
+        cap = torch.tensor(room, device=self.device).clamp(max=steps)
+        active = cap > 0
+        ended = torch.zeros(rows, dtype=torch.bool, device=self.device)  # the response ended
+        lengths = torch.zeros(rows, dtype=torch.long, device=self.device)
+        holes = not self.boundary.is_fixed
+        logits = self.logits
+        taken = 0
+        for step in range(steps):
+            view = _compact(self.seqs, self.mask) if holes else self.seqs
+            scores = processors(view, logits)
+            tokens = self._draw(torch.softmax(scores, dim=-1), slot_of_row)
+            tokens = torch.where(active, tokens, torch.full_like(tokens, self.pad))
+            self.seqs = torch.cat([self.seqs, tokens[:, None]], dim=-1)
+            self.mask = torch.cat([self.mask, active[:, None].long()], dim=-1)
+            lengths += active.long()
+            view = _compact(self.seqs, self.mask) if holes else self.seqs
+            stop = self.stopping(view, scores) & active
+            ended |= stop
+            was_active = active
+            active = active & ~stop & (lengths < cap)
+            if self.stop_ids is not None:
+                active &= ~torch.isin(tokens, self.stop_ids)
+            if self.stop_strings is not None:
+                active &= ~self.stop_strings(view, scores)
+            taken += 1
+            # Like generate: no more draws (nor forwards) once every row has ended its chunk.
+            if step + 1 == steps or not bool(active.any()):
+                break
+            self._count_forward()
+            fresh = self._forward(tokens[:, None])
+            # A row whose chunk ended at this token keeps these logits for the next round.
+            logits = torch.where(was_active[:, None], fresh, logits) if holes else fresh
+        self.logits = logits
+        host_lengths = lengths.tolist()
+        self.cost.add("large_tokens", self.owners, host_lengths)
+        self.response_lengths = [n + k for n, k in zip(self.response_lengths, host_lengths)]
+        finished = [bool(e) or n >= self.max_new for e, n in zip(ended.tolist(), self.response_lengths)]
+        # Once a row's chunk ends it stays ended within the round: its tokens lead its chunk.
+        chunk = self.seqs[:, -taken:] if taken else self.seqs[:, :0]
+        return SampledChunks(chunk, lengths, finished)
+
+    def responses(self) -> list[list[int]]:
+        ids = self.seqs[:, self.prompt_len :].tolist()
+        if self.boundary.is_fixed:
+            return [r[:n] for r, n in zip(ids, self.response_lengths)]
+        mask = self.mask[:, self.prompt_len :].tolist()
+        return [[t for t, m in zip(r, k) if m] for r, k in zip(ids, mask)]
+
+
+class TextSamplerSource(CandidateSource):
+    """Chunks asked of a text sampler (a large model reached only as text, e.g. a completions server).
+
+    Each round asks the sampler for ``repeats[i]`` continuations of parent ``i``'s text (``prompt +
+    response so far``), one request batch per distinct count. A chunk boundary with stop strings cuts
+    each chunk after its first stop string (the tokens after it were spent all the same).
+    """
+
+    def __init__(
+        self,
+        sampler: ChunkSampler,
+        prompts: list[str],
+        boundary: ChunkBoundary,
+        max_new: int,
+        cost: SearchCost,
+    ) -> None:
+        if boundary.stop_token_ids:
+            raise ValueError(
+                "ChunkBoundary(stop_token_ids=...) needs the large model's token ids, which a text sampler does "
+                "not return: use stop_strings instead."
+            )
+        self.sampler = sampler
+        self.prompts = prompts
+        self.boundary = boundary
+        self.max_new = max_new
+        self.chunk = boundary.max_tokens or max_new
+        self.cost = cost
+        self.owners = list(range(len(prompts)))
+        self.texts = [""] * len(prompts)
+        self.response_lengths = [0] * len(prompts)  # tokens asked for so far: the budget spent
+        self._requests: list[tuple[int, int]] = []  # (parent text index, count), set by expand
+
+    def expand(self, parents: Sequence[int], repeats: Sequence[int]) -> None:
+        self._requests = list(zip(parents, repeats))
+        self.owners = [self.owners[p] for p, r in self._requests for _ in range(r)]
+        self.texts = [self.texts[p] for p, r in self._requests for _ in range(r)]
+        self.response_lengths = [self.response_lengths[p] for p, r in self._requests for _ in range(r)]
+
+    def sample(self) -> SampledChunks:
+        steps = min(self.chunk, max(self.max_new - n for n in self.response_lengths))
+        chunks: list[Chunk | None] = [None] * len(self.owners)
+        # One sampler call per distinct count; rows are parent-major, each parent's copies in a run.
+        starts = list(accumulate((count for _, count in self._requests), initial=0))
+        for count in sorted({c for _, c in self._requests}):
+            group = [i for i, (_, c) in enumerate(self._requests) if c == count]
+            prefixes = [self.prompts[self.owners[starts[i]]] + self.texts[starts[i]] for i in group]
+            sampled = _sample(self.sampler, prefixes, count, steps)
+            for g, i in enumerate(group):
+                chunks[starts[i] : starts[i] + count] = sampled[g * count : (g + 1) * count]
+        finished = []
+        for i, chunk in enumerate(chunks):
+            text, cut = self.boundary.cut_text(chunk.text, self.texts[i])
+            self.texts[i] += text
+            self.response_lengths[i] += steps
+            finished.append((chunk.finished and not cut) or self.response_lengths[i] >= self.max_new)
+        self.cost.add("large_tokens", self.owners, [steps] * len(self.owners))
+        present = sorted(set(self.owners))
+        self.cost.add("large_forwards", present, [steps] * len(present))
+        return SampledChunks(None, None, finished)
+
+    def responses(self) -> list[str]:
+        return list(self.texts)
+
+
+def _sample(sampler: ChunkSampler, prefixes: list[str], n: int, max_tokens: int) -> list[Chunk]:
+    """``n`` chunks per prefix, flattened prefix-major; a sampler that returns another count is refused."""
+    sampled = sampler.sample(prefixes, n, max_tokens)
+    counts = [len(per_prefix) for per_prefix in sampled]
+    if len(sampled) != len(prefixes) or any(c != n for c in counts):
+        raise ValueError(
+            f"{type(sampler).__name__}.sample was asked for {n} continuations of each of {len(prefixes)} "
+            f"prefixes and returned {counts}: a ChunkSampler returns exactly n Chunks per prefix."
+        )
+    chunks = [c for per_prefix in sampled for c in per_prefix]
+    if not all(isinstance(c, Chunk) for c in chunks):
+        bad = next(type(c).__name__ for c in chunks if not isinstance(c, Chunk))
+        raise TypeError(
+            f"{type(sampler).__name__}.sample returned a {bad}; it must return w2s_generate.Chunk objects."
+        )
+    return chunks
+
+
+class IdScorer:
+    """The pair reads the large model's chunk ids directly (a shared vocabulary)."""
+
+    def __init__(self, state: GuidanceState, cost: SearchCost) -> None:
+        self.state = state
+        self.cost = cost
+
+    def select(self, index: Sequence[int]) -> None:
+        self.state.select(torch.as_tensor(list(index), dtype=torch.long, device=self.state.scores.device))
+
+    def advance(self, chunks: SampledChunks, responses: list, owners: list[int]) -> None:
+        self.state.extend(chunks.ids, chunks.lengths)
+        self.cost.add("weak_tokens", owners, chunks.lengths.tolist())
+
+
+class TextScorer:
+    """The pair reads each response's text, re-encoded with its own tokenizer (only changed tails are fed).
+
+    Args:
+        state: the pair's state, one row per candidate.
+        pair: the weak pair.
+        to_texts: ``(responses, owners) -> texts``: identity for a text source, decoding after the
+            prompt for a local model with another tokenizer.
+        cost: where the weak tokens fed are counted.
+    """
+
+    def __init__(
+        self,
+        state: GuidanceState,
+        pair: WeakPair,
+        to_texts: Callable[[list, list[int]], list[str]],
+        cost: SearchCost,
+    ) -> None:
+        self.state = state
+        self.pair = pair
+        self.to_texts = to_texts
+        self.cost = cost
+        self.weak_rows: list[list[int]] = [[] for _ in range(state.scores.shape[0])]
+
+    def select(self, index: Sequence[int]) -> None:
+        index = list(index)
+        self.state.select(torch.as_tensor(index, dtype=torch.long, device=self.state.scores.device))
+        self.weak_rows = [list(self.weak_rows[i]) for i in index]
+
+    def advance(self, chunks: SampledChunks, responses: list, owners: list[int]) -> None:
+        fed = advance_texts(self.pair, self.state, self.weak_rows, self.to_texts(responses, owners))
+        self.cost.add("weak_tokens", owners, fed)

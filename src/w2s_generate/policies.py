@@ -1,0 +1,451 @@
+"""How a search spends its budget: which candidates survive, how many successors each gets, where chunks end.
+
+The search loop ([`ChunkBeamSearch`][w2s_generate.ChunkBeamSearch]) is the paper's pseudo-code:
+sample chunks from every live beam, score each candidate by the pair's log-ratio, keep the best,
+expand. Each choice in it is a small object here, so policies from the literature can be tried on the
+same pair, inside ``generate``, batched, and compared at equal cost ([`SearchCost`][w2s_generate.SearchCost]):
+
+- selection: [`TopDistinct`][w2s_generate.TopDistinct] (the paper's), [`DiverseSelection`][w2s_generate.DiverseSelection]
+  (at most ``m`` survivors per parent, as in diversity-aware search), [`StochasticSelection`][w2s_generate.StochasticSelection]
+  (survivors drawn from a softmax over scores);
+- budget: [`ConstantBudget`][w2s_generate.ConstantBudget] (the paper's ``K``), [`ScheduledBudget`][w2s_generate.ScheduledBudget]
+  (``K`` per round, e.g. decaying as in AdaSearch), [`AdaptiveBudget`][w2s_generate.AdaptiveBudget]
+  (a prompt stops expanding once a finished response leads every live beam by a margin);
+- chunk boundary: [`ChunkBoundary`][w2s_generate.ChunkBoundary] (a fixed ``L``, or a chunk that also
+  ends at stop strings such as ``"\\n\\n"`` or at given token ids, capped at ``L``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+def _is_count(value: object, minimum: int = 1) -> bool:
+    """An integer >= ``minimum`` that is not a bool (numpy integers are fine)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+# ---------------------------------------------------------------------------------------------- cost
+@dataclass
+class SearchCost:
+    """What a search spent, per prompt: the figures to compare methods at equal cost.
+
+    Attributes:
+        large_tokens: tokens sampled from the large model for each prompt, kept or discarded (through a
+            text sampler: the tokens asked for, ``max_tokens`` per chunk, an upper bound).
+        large_forwards: large-model forward passes each prompt took part in (prefill included; through a
+            text sampler: the longest chunk asked for per round, what a server batching the K samples of
+            a request needs at most).
+        weak_tokens: response tokens fed through the weak pair for each prompt (across tokenizers,
+            tokens re-fed after a retraction count again).
+
+    Examples:
+        >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=8,
+        ...                      return_dict_in_generate=True)
+        >>> out.cost.large_tokens   # 2 prompts x (W*K = 4 rows) x 8 tokens
+        [32, 32]
+    """
+
+    large_tokens: list[int] = field(default_factory=list)
+    large_forwards: list[int] = field(default_factory=list)
+    weak_tokens: list[int] = field(default_factory=list)
+
+    @classmethod
+    def zeros(cls, prompts: int) -> SearchCost:
+        return cls([0] * prompts, [0] * prompts, [0] * prompts)
+
+    def add(self, what: str, owners: Sequence[int], amounts: Sequence[int]) -> None:
+        """Add ``amounts[i]`` to prompt ``owners[i]``'s ``what`` counter."""
+        counter = getattr(self, what)
+        for owner, amount in zip(owners, amounts):
+            counter[owner] += int(amount)
+
+    def copy(self) -> SearchCost:
+        return SearchCost(list(self.large_tokens), list(self.large_forwards), list(self.weak_tokens))
+
+    def to_dict(self, prompt: int) -> dict[str, int]:
+        """One prompt's figures as plain numbers (the command line's JSON lines)."""
+        return {
+            "large_tokens": self.large_tokens[prompt],
+            "large_forwards": self.large_forwards[prompt],
+            "weak_tokens": self.weak_tokens[prompt],
+        }
+
+
+# ---------------------------------------------------------------------------------------------- selection
+@dataclass(frozen=True)
+class Candidate:
+    """One distinct hypothesis of a prompt, as a selection policy sees it.
+
+    Attributes:
+        score: the pair's log-ratio of the whole response.
+        parent: the beam it was sampled from this round (``None`` for a finished response kept from an
+            earlier round). In the first round the ``W`` copies of the prompt are the parents.
+        finished: whether the response has ended.
+
+    Examples:
+        >>> Candidate(score=1.25, parent=0, finished=False)
+        Candidate(score=1.25, parent=0, finished=False)
+    """
+
+    score: float
+    parent: int | None
+    finished: bool
+
+
+class SelectionPolicy(Protocol):
+    """Chooses the survivors of one prompt among its distinct candidates.
+
+    ``choose`` returns indices into ``candidates`` (at most ``width``, no repeats); the search has
+    already merged identical responses into one candidate (the best-scored copy), and gives them
+    best score first.
+
+    Examples:
+        >>> class FinishedFirst:   # prefer responses that have ended, then the best scores
+        ...     def choose(self, candidates, width):
+        ...         order = sorted(range(len(candidates)), key=lambda i: (not candidates[i].finished, -candidates[i].score))
+        ...         return order[:width]
+        >>> cbs = ChunkBeamSearch(pair, 2, 2, 4, selection=FinishedFirst())
+        >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=8)
+    """
+
+    def choose(self, candidates: Sequence[Candidate], width: int) -> list[int]: ...
+
+
+def _by_score(candidates: Sequence[Candidate]) -> list[int]:
+    """Indices, best score first; ties keep the earlier candidate (the pool, then row order)."""
+    return sorted(range(len(candidates)), key=lambda i: -candidates[i].score)
+
+
+@dataclass(frozen=True)
+class TopDistinct:
+    """Keep the ``W`` best distinct hypotheses (the paper's rule and the default).
+
+    Examples:
+        >>> TopDistinct().choose([Candidate(0.1, 0, False), Candidate(0.9, 0, False), Candidate(0.5, 1, False)], 2)
+        [1, 2]
+    """
+
+    def choose(self, candidates: Sequence[Candidate], width: int) -> list[int]:
+        return _by_score(candidates)[:width]
+
+
+@dataclass(frozen=True)
+class DiverseSelection:
+    """Keep the best hypotheses, at most ``max_per_parent`` from any one beam; fill up if too few.
+
+    One strong beam whose K children all outscore the rest would otherwise take every slot, and the
+    search collapses onto one prefix (the failure diversity-aware search, e.g. IRO arXiv 2506.17828,
+    addresses). Slots left empty because too few parents exist are filled with the best of the rest,
+    so the beam never shrinks. Finished responses kept from earlier rounds have no parent.
+
+    Args:
+        max_per_parent: survivors allowed per parent beam before others are preferred.
+
+    Examples:
+        >>> picks = DiverseSelection(max_per_parent=1).choose(
+        ...     [Candidate(0.9, 0, False), Candidate(0.8, 0, False), Candidate(0.1, 1, False)], 2)
+        >>> picks   # the second child of beam 0 gives way to beam 1's
+        [0, 2]
+    """
+
+    max_per_parent: int = 1
+
+    def __post_init__(self) -> None:
+        if not _is_count(self.max_per_parent):
+            raise ValueError(f"max_per_parent must be an integer >= 1; got {self.max_per_parent!r}.")
+
+    def choose(self, candidates: Sequence[Candidate], width: int) -> list[int]:
+        order = _by_score(candidates)
+        taken: dict[int, int] = {}
+        chosen: list[int] = []
+        for i in order:
+            parent = candidates[i].parent
+            if parent is not None and taken.get(parent, 0) >= self.max_per_parent:
+                continue
+            chosen.append(i)
+            if parent is not None:
+                taken[parent] = taken.get(parent, 0) + 1
+            if len(chosen) == width:
+                return chosen
+        rest = [i for i in order if i not in chosen]
+        return chosen + rest[: width - len(chosen)]
+
+
+class StochasticSelection:
+    """Draw the ``W`` survivors without replacement, with probabilities ``softmax(score / temperature)``.
+
+    Sampling survivors instead of taking the top keeps some lower-scored beams alive, trading
+    exploitation of the pair's score for exploration. The draw is the Gumbel-top-k trick: adding
+    Gumbel noise to ``score / temperature`` and taking the top W samples W items without replacement,
+    each next one with probability proportional to ``exp(score / temperature)`` among those left. The
+    draws come from the policy's own generator, so the large model's random stream is the same as
+    under [`TopDistinct`][w2s_generate.TopDistinct].
+
+    Args:
+        temperature: softness of the draw; near 0 it is [`TopDistinct`][w2s_generate.TopDistinct].
+        seed: seed of the policy's generator (``None``: from the OS).
+
+    Examples:
+        >>> policy = StochasticSelection(temperature=1e-6, seed=0)
+        >>> policy.choose([Candidate(0.1, 0, False), Candidate(0.9, 0, False), Candidate(0.5, 1, False)], 2)
+        [1, 2]
+    """
+
+    def __init__(self, temperature: float = 1.0, seed: int | None = None) -> None:
+        if not isinstance(temperature, numbers.Real) or isinstance(temperature, bool) or not temperature > 0:
+            raise ValueError(f"temperature must be a number > 0; got {temperature!r}.")
+        if not math.isfinite(temperature):
+            raise ValueError(f"temperature must be finite; got {temperature!r}.")
+        self.temperature = float(temperature)
+        self.seed = seed
+        self._rng = random.Random(seed)
+
+    def __repr__(self) -> str:
+        return f"StochasticSelection(temperature={self.temperature}, seed={self.seed})"
+
+    def choose(self, candidates: Sequence[Candidate], width: int) -> list[int]:
+        keys = [c.score / self.temperature - math.log(-math.log(self._uniform())) for c in candidates]
+        return sorted(range(len(candidates)), key=lambda i: -keys[i])[:width]
+
+    def _uniform(self) -> float:
+        u = self._rng.random()
+        return u if u > 0.0 else 5e-324  # log(0) would be -inf: the smallest float instead
+
+
+# ---------------------------------------------------------------------------------------------- budget
+class BudgetPolicy(Protocol):
+    """How many successors each surviving beam of a prompt samples in a round.
+
+    ``successors`` gets the 0-based round about to be sampled, the prompt's best finished score
+    (``None`` if none) and its live beams' scores (empty in round 0); it returns ``K >= 0`` for every
+    live beam of that prompt. ``0`` stops expanding the prompt: its best hypotheses so far are final.
+    ``max_successors`` bounds ``K`` over all rounds (the search reserves sampling slots for it).
+
+    Examples:
+        >>> class TwoRoundsWide:   # 4 successors in the first two rounds, then 1 (a sampled rollout)
+        ...     max_successors = 4
+        ...     def successors(self, round_index, best_finished, live_scores):
+        ...         return 4 if round_index < 2 else 1
+        >>> cbs = ChunkBeamSearch(pair, 2, TwoRoundsWide(), 4)
+        >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=16)
+    """
+
+    max_successors: int
+
+    def successors(
+        self, round_index: int, best_finished: float | None, live_scores: Sequence[float]
+    ) -> int: ...
+
+
+@dataclass(frozen=True)
+class ConstantBudget:
+    """``K`` successors per beam every round (the paper's rule and the default).
+
+    Examples:
+        >>> ConstantBudget(4).successors(3, None, [0.2, 0.1])
+        4
+    """
+
+    successors_per_beam: int = 4
+
+    def __post_init__(self) -> None:
+        if not _is_count(self.successors_per_beam):
+            raise ValueError(
+                f"successors_per_beam must be an integer >= 1; got {self.successors_per_beam!r}."
+            )
+
+    @property
+    def max_successors(self) -> int:
+        return int(self.successors_per_beam)
+
+    def successors(self, round_index: int, best_finished: float | None, live_scores: Sequence[float]) -> int:
+        return int(self.successors_per_beam)
+
+
+class ScheduledBudget:
+    """``K`` set per round by a list (its last entry repeats) or a function of the round.
+
+    Spending more samples early, while beams are short and differ most, and fewer later is the idea
+    of decaying per-round budgets (AdaSearch, arXiv 2510.23334).
+
+    Args:
+        schedule: ``[K_0, K_1, ...]`` (each an integer >= 1), or ``round -> K``.
+        max_successors: with a function, the largest ``K`` it returns (a list knows its own).
+
+    Examples:
+        >>> budget = ScheduledBudget([8, 4, 2])
+        >>> [budget.successors(r, None, []) for r in range(5)]
+        [8, 4, 2, 2, 2]
+        >>> ScheduledBudget(lambda r: max(8 >> r, 1), max_successors=8).successors(2, None, [])
+        2
+    """
+
+    def __init__(
+        self, schedule: Sequence[int] | Callable[[int], int], max_successors: int | None = None
+    ) -> None:
+        if callable(schedule):
+            if not _is_count(max_successors):
+                raise ValueError(
+                    f"a schedule given as a function needs max_successors (the largest K it returns); "
+                    f"got {max_successors!r}."
+                )
+            self._function: Callable[[int], int] | None = schedule
+            self._list: list[int] = []
+            self.max_successors = int(max_successors)
+        else:
+            values = list(schedule)
+            if not values or not all(_is_count(k) for k in values):
+                raise ValueError(f"schedule must be a non-empty list of integers >= 1; got {schedule!r}.")
+            self._function = None
+            self._list = [int(k) for k in values]
+            self.max_successors = max(self._list)
+
+    def __repr__(self) -> str:
+        return f"ScheduledBudget({self._function or self._list!r})"
+
+    def successors(self, round_index: int, best_finished: float | None, live_scores: Sequence[float]) -> int:
+        if self._function is None:
+            return self._list[min(round_index, len(self._list) - 1)]
+        k = self._function(round_index)
+        if not _is_count(k) or k > self.max_successors:
+            raise ValueError(
+                f"the budget schedule returned {k!r} for round {round_index}: it must return an integer "
+                f"between 1 and max_successors={self.max_successors}."
+            )
+        return int(k)
+
+
+@dataclass(frozen=True)
+class AdaptiveBudget:
+    """``K`` successors per beam until a finished response leads every live beam by ``margin``.
+
+    The pair's log-ratio of a live beam can still rise, so no beam is provably beaten; the margin says
+    how large a lead counts as settled. A settled prompt stops sampling, and the budget it no longer
+    spends is the saving (see ``cost`` in the output).
+
+    Args:
+        successors_per_beam: ``K`` while the prompt is open.
+        margin: lead of the best finished score over every live score that closes the prompt.
+
+    Examples:
+        >>> budget = AdaptiveBudget(successors_per_beam=4, margin=1.0)
+        >>> budget.successors(2, best_finished=3.0, live_scores=[1.5, 0.2])   # leads by 1.5
+        0
+        >>> budget.successors(2, best_finished=3.0, live_scores=[2.5])        # leads by 0.5 only
+        4
+    """
+
+    successors_per_beam: int = 4
+    margin: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not _is_count(self.successors_per_beam):
+            raise ValueError(
+                f"successors_per_beam must be an integer >= 1; got {self.successors_per_beam!r}."
+            )
+        if isinstance(self.margin, bool) or not isinstance(self.margin, numbers.Real) or not self.margin >= 0:
+            raise ValueError(f"margin must be a number >= 0; got {self.margin!r}.")
+
+    @property
+    def max_successors(self) -> int:
+        return int(self.successors_per_beam)
+
+    def successors(self, round_index: int, best_finished: float | None, live_scores: Sequence[float]) -> int:
+        if best_finished is not None and live_scores and best_finished >= max(live_scores) + self.margin:
+            return 0
+        return int(self.successors_per_beam)
+
+
+# ---------------------------------------------------------------------------------------------- boundary
+class ChunkBoundary:
+    """Where a chunk ends: after ``max_tokens`` tokens, or earlier at a stop string or a stop token.
+
+    Step-level search ends a step at a natural break (``"\\n\\n"``, a sentence end) rather than after a
+    fixed count. A row whose chunk has ended waits (its slot masked, as for a finished row) until every
+    row of the round has ended its chunk; the response goes on next round. Stop strings are matched on
+    the decoded text of each response (transformers' ``StopStringCriteria`` on a local model; the
+    text itself through a text sampler, where a chunk is cut after the first stop string and the
+    tokens after it are counted as spent).
+
+    Args:
+        max_tokens: the cap ``L`` (``None``: whole responses, bounded by ``max_new_tokens``).
+        stop_strings: texts that end a chunk once the response ends with one.
+        stop_token_ids: large-model token ids that end a chunk (local model only).
+
+    Examples:
+        >>> ChunkBoundary(8, stop_strings=["\\n\\n", ". "])
+        ChunkBoundary(max_tokens=8, stop_strings=['\\n\\n', '. '], stop_token_ids=[])
+        >>> cbs = ChunkBeamSearch(pair, 2, 2, chunk_length=ChunkBoundary(6, stop_token_ids=[5]))
+        >>> out = model.generate(**inputs, custom_generate=cbs, do_sample=True, max_new_tokens=12)
+    """
+
+    def __init__(
+        self,
+        max_tokens: int | None = 5,
+        stop_strings: Sequence[str] | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        if max_tokens is not None and not _is_count(max_tokens):
+            raise ValueError(
+                f"max_tokens must be an integer >= 1 or None (whole responses); got {max_tokens!r}."
+            )
+        if isinstance(stop_strings, str):
+            raise ValueError(
+                f"stop_strings must be a list of strings; got a str: wrap it, [{stop_strings!r}]."
+            )
+        strings = list(stop_strings or [])
+        if not all(isinstance(s, str) and s for s in strings):
+            raise ValueError(f"stop_strings must be non-empty strings; got {strings!r}.")
+        ids = list(stop_token_ids or [])
+        if not all(_is_count(i, 0) for i in ids):
+            raise ValueError(f"stop_token_ids must be token ids (integers >= 0); got {ids!r}.")
+        self.max_tokens = None if max_tokens is None else int(max_tokens)
+        self.stop_strings = strings
+        self.stop_token_ids = [int(i) for i in ids]
+
+    def __repr__(self) -> str:
+        return (
+            f"ChunkBoundary(max_tokens={self.max_tokens}, stop_strings={self.stop_strings!r}, "
+            f"stop_token_ids={self.stop_token_ids!r})"
+        )
+
+    @property
+    def is_fixed(self) -> bool:
+        """Every chunk is exactly ``max_tokens`` long (unless the response ends)."""
+        return not self.stop_strings and not self.stop_token_ids
+
+    def cut_text(self, text: str, response_before: str) -> tuple[str, bool]:
+        """The chunk ``text`` up to and including the first stop string; whether it was cut.
+
+        A stop string may begin in the response before the chunk (``response_before``), as it would
+        when matched on the whole response.
+        """
+        if not self.stop_strings:
+            return text, False
+        joined = response_before + text
+        start = len(response_before)
+        ends = []
+        for stop in self.stop_strings:
+            # Only a match that ends inside the chunk: one ending before it was seen in an earlier round.
+            at = joined.find(stop, max(start - len(stop) + 1, 0))
+            if at != -1:
+                ends.append(at + len(stop))
+        if not ends:
+            return text, False
+        end = min(ends) - start
+        return text[:end], end < len(text)
+
+
+def token_stop(boundary: ChunkBoundary, device: torch.device) -> torch.Tensor | None:
+    """The boundary's stop token ids as a tensor on ``device`` (``None`` when there are none)."""
+    if not boundary.stop_token_ids:
+        return None
+    return torch.tensor(boundary.stop_token_ids, dtype=torch.long, device=device)
