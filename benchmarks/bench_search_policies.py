@@ -41,7 +41,7 @@ from w2s_generate.demo import load_demo_models
 from w2s_generate.demo.language import prompts as demo_prompts
 from w2s_generate.demo.reward import fluency, gold_reward
 
-SHAPES = {4: (2, 2), 8: (2, 4), 16: (4, 4)}  # W*K -> (W, K)
+SHAPES = {4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8)}  # W*K -> (W, K)
 
 
 @dataclass
@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[4, 16], choices=sorted(SHAPES))
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8, 16, 32], choices=sorted(SHAPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--chunk-length", type=int, default=5)

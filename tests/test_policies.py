@@ -10,15 +10,18 @@ import itertools
 import math
 
 import pytest
+import tokenizer_zoo
 import torch
 from conftest import make_model, make_tokenizer
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from reference import chi_square, chi_square_limit, next_logprobs, responses_of
+from tokenizer_zoo import TOKENIZERS
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.stopping_criteria import StopStringCriteria
 
 import w2s_generate as w2s
-from w2s_generate.candidates import LocalModelSource
+from w2s_generate.candidates import DecodedStopStrings, LocalModelSource
 from w2s_generate.policies import Candidate, SearchCost
 
 PROMPTS = ["the film was", "a quiet story about a family"]
@@ -296,6 +299,12 @@ def test_rows_waiting_on_a_boundary_keep_exact_logits_and_cache(family, tokenize
     assert uneven, "the stop tokens should end some chunks before others"
 
 
+def completes_a_stop(tokenizer, response: list[int], stops: list[str]) -> bool:
+    """The response's last token completes a stop string (which may end inside that token)."""
+    text, before = tokenizer.decode(response), tokenizer.decode(response[:-1])
+    return any(text.find(s, max(len(before) - len(s) + 1, 0)) != -1 for s in stops)
+
+
 def test_stop_string_boundary_ends_chunks_at_the_string(strong, pair, tokenizer):
     inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     width = inputs["input_ids"].shape[1]
@@ -311,6 +320,7 @@ def test_stop_string_boundary_ends_chunks_at_the_string(strong, pair, tokenizer)
     responses = responses_of(out.sequences, width, tokenizer.pad_token_id)
     torch.testing.assert_close(out.log_ratios, pair.score(PROMPTS, responses), atol=1e-4, rtol=1e-4)
     # Each round adds to a kept response a chunk that ends in a stop string or is 6 tokens long.
+    early = False
     for earlier, later in zip(out.trace, out.trace[1:]):
         parents = [r for r, k in zip(earlier.responses, earlier.kept.tolist()) if k]
         for response in later.responses:
@@ -318,10 +328,9 @@ def test_stop_string_boundary_ends_chunks_at_the_string(strong, pair, tokenizer)
             if parent is None:
                 continue
             chunk = response[len(parent) :]
-            # The chunk's last token completes a stop string (which may end inside that token).
-            text, before = tokenizer.decode(response), tokenizer.decode(response[:-1])
-            completes = any(text.find(s, max(len(before) - len(s) + 1, 0)) != -1 for s in stops)
-            assert len(chunk) == 6 or completes or len(response) == 18
+            assert len(chunk) == 6 or completes_a_stop(tokenizer, response, stops) or len(response) == 18
+            early |= len(chunk) < 6 and len(response) < 18 and tokenizer.eos_token_id not in chunk
+    assert early, "frequent stop strings should end some chunks early"
 
 
 def test_processors_see_rows_without_the_gaps_of_waiting_rows(strong, pair, tokenizer):
@@ -507,3 +516,55 @@ def test_policies_through_a_text_sampler_score_their_texts(pair):
         prompts = [p for p in PROMPTS for _ in range(2)]
         torch.testing.assert_close(out.log_ratios, pair.score(prompts, out.texts), atol=1e-4, rtol=1e-4)
         assert all(n > 0 for n in out.cost.large_tokens), name
+
+
+# ------------------------------------------------------------------------------------ stop strings by decoding
+@pytest.mark.parametrize("name", ["llama2", "gpt2"])
+def test_decoded_stop_strings_agree_with_transformers_criterion(name):
+    """The decoding fallback (for vocabularies StopStringCriteria cannot analyse) against StopStringCriteria."""
+    tokenizer = TOKENIZERS[name]()
+    stops = ["e ", "the", ".", "in"]
+    reference = StopStringCriteria(tokenizer, stops)
+    decoded = DecodedStopStrings(tokenizer, stops)
+    generator = torch.Generator().manual_seed(0)
+    text_ids = tokenizer(" ".join(tokenizer_zoo.TEXTS), add_special_tokens=False)["input_ids"]
+    # Windows of real text (stop strings do occur) and of random ids.
+    real = torch.tensor([text_ids[i : i + 12] for i in range(0, len(text_ids) - 12, 3)])
+    noise = torch.randint(3, len(tokenizer), (200, 12), generator=generator)
+    for ids in (real, noise):
+        expected = reference(ids, None)
+        assert expected.any() or ids is noise
+        assert torch.equal(decoded(ids, None), expected)
+
+
+def test_stop_string_boundary_with_a_word_level_tokenizer():
+    """A word-level vocabulary: StopStringCriteria cannot analyse it, the decoding fallback takes over."""
+    tokenizer = TOKENIZERS["word"]()
+    v = len(tokenizer)
+    strong = make_model("llama", v, 10, width=48, layers=3)
+    pair = w2s.WeakPair(make_model("llama", v, 11), make_model("llama", v, 12), tokenizer)
+    prompts = ["wonderful wonderful", "a café"]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    width = inputs["input_ids"].shape[1]
+    stop_word = tokenizer.convert_ids_to_tokens(7)
+    out = strong.generate(
+        **inputs,
+        custom_generate=w2s.ChunkBeamSearch(pair, 2, 2, w2s.ChunkBoundary(6, stop_strings=[stop_word])),
+        do_sample=True,
+        max_new_tokens=12,
+        pad_token_id=0,
+        eos_token_id=2,
+        return_dict_in_generate=True,
+        return_trace=True,
+    )
+    responses = responses_of(out.sequences, width, 0)
+    torch.testing.assert_close(out.log_ratios, pair.score(prompts, responses), atol=1e-4, rtol=1e-4)
+    early = False
+    for earlier, later in zip(out.trace, out.trace[1:]):
+        parents = [r for r, k in zip(earlier.responses, earlier.kept.tolist()) if k]
+        for response in later.responses:
+            parent = max((p for p in parents if response[: len(p)] == p), key=len, default=None)
+            if parent is not None and len(response) < 12 and 2 not in response:
+                assert len(response) - len(parent) == 6 or completes_a_stop(tokenizer, response, [stop_word])
+                early |= len(response) - len(parent) < 6
+    assert early, "the stop word should end some chunks early"

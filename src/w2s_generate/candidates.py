@@ -61,6 +61,44 @@ class CandidateSource:
         raise NotImplementedError
 
 
+class DecodedStopStrings:
+    """Per row, whether its last token completes a stop string, found by decoding a short window.
+
+    transformers' ``StopStringCriteria`` does this on the device without decoding, but its tokenizer
+    analysis needs a vocabulary whose tokens decode with a fixed prefix, which some tokenizers (word
+    level, for one) lack; this is the fallback. It decodes on the host, so it syncs once a step.
+    """
+
+    def __init__(self, tokenizer, stop_strings: list[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stop_strings = stop_strings
+        # A window this long holds every stop string even when each token decodes to one character.
+        self.window = max(len(s) for s in stop_strings) + 1
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:
+        rows = input_ids[:, -self.window :].tolist()
+        texts = self.tokenizer.batch_decode(rows)
+        before = self.tokenizer.batch_decode([r[:-1] for r in rows])
+        done = [
+            any(text.find(stop, max(len(head) - len(stop) + 1, 0)) != -1 for stop in self.stop_strings)
+            for text, head in zip(texts, before)
+        ]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def stop_string_criterion(tokenizer, stop_strings: list[str]):
+    """``(ids, scores) -> [R] bool``: whether each row's last token completes one of ``stop_strings``."""
+    if tokenizer is None:
+        raise ValueError(
+            "ChunkBoundary(stop_strings=...) needs the large model's tokenizer to read its tokens as text: "
+            "pass tokenizer= to ChunkBeamSearch (or to generate() with strategy=)."
+        )
+    try:
+        return StopStringCriteria(tokenizer, stop_strings)
+    except ValueError:  # a vocabulary StopStringCriteria cannot analyse (e.g. word level)
+        return DecodedStopStrings(tokenizer, stop_strings)
+
+
 def _compact(seqs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``[R, T] -> [R, T]`` each row's real tokens right-aligned, its holes moved to the left.
 
@@ -110,7 +148,7 @@ class LocalModelSource(CandidateSource):
         self.device = prompt_ids.device
         self.stop_ids = token_stop(boundary, self.device)
         self.stop_strings = (
-            StopStringCriteria(stop_string_tokenizer, boundary.stop_strings)
+            stop_string_criterion(stop_string_tokenizer, boundary.stop_strings)
             if boundary.stop_strings
             else None
         )

@@ -351,7 +351,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         type=_stop_string,
         metavar="TEXT",
-        help=r"cbs: also end a chunk when the response ends with TEXT (repeatable; \n and \t understood)",
+        help=r"cbs: also end a chunk at the token that completes TEXT (repeatable; \n and \t understood)",
     )
     method.add_argument("--n", type=_positive_int, metavar="N", help="bon: number of samples (default 16)")
     method.add_argument(

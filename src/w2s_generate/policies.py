@@ -370,14 +370,14 @@ class ChunkBoundary:
 
     Step-level search ends a step at a natural break (``"\\n\\n"``, a sentence end) rather than after a
     fixed count. A row whose chunk has ended waits (its slot masked, as for a finished row) until every
-    row of the round has ended its chunk; the response goes on next round. Stop strings are matched on
-    the decoded text of each response (transformers' ``StopStringCriteria`` on a local model; the
-    text itself through a text sampler, where a chunk is cut after the first stop string and the
-    tokens after it are counted as spent).
+    row of the round has ended its chunk; the response goes on next round. On a local model a chunk
+    ends with the token that completes a stop string (the string may end inside it, as with
+    generate's ``stop_strings``); through a text sampler the chunk is cut right after the first stop
+    string, and the tokens after it are counted as spent.
 
     Args:
         max_tokens: the cap ``L`` (``None``: whole responses, bounded by ``max_new_tokens``).
-        stop_strings: texts that end a chunk once the response ends with one.
+        stop_strings: texts that end a chunk once the response completes one.
         stop_token_ids: large-model token ids that end a chunk (local model only).
 
     Examples:
