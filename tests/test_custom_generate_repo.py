@@ -29,6 +29,22 @@ CASES = {
         dict(search="cbs", beam_width=2, successors_per_beam=3, chunk_length=3),
         lambda p: w2s.ChunkBeamSearch(p, 2, 3, 3),
     ),
+    "cbs-policies": (
+        dict(
+            search="cbs",
+            beam_width=2,
+            successors_per_beam=w2s.ScheduledBudget([3, 1]),
+            chunk_length=w2s.ChunkBoundary(3, stop_token_ids=[5, 7]),
+            selection=w2s.DiverseSelection(1),
+        ),
+        lambda p: w2s.ChunkBeamSearch(
+            p,
+            2,
+            w2s.ScheduledBudget([3, 1]),
+            w2s.ChunkBoundary(3, stop_token_ids=[5, 7]),
+            selection=w2s.DiverseSelection(1),
+        ),
+    ),
     "bon": (dict(search="bon", n=3), lambda p: w2s.BestOfN(p, n=3)),
     "token": (dict(search="token", beta=2.0), lambda p: w2s.TokenGuidance(p, beta=2.0)),
 }

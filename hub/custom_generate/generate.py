@@ -35,8 +35,9 @@ def generate(
     weak_untuned: str | None = None,
     search: str = "cbs",
     beam_width: int = 4,
-    successors_per_beam: int = 4,
-    chunk_length: int | None = 5,
+    successors_per_beam: int | w2s.BudgetPolicy = 4,
+    chunk_length: int | w2s.ChunkBoundary | None = 5,
+    selection: w2s.SelectionPolicy | None = None,
     n: int = 16,
     beta: float = 1.0,
     streamer=None,
@@ -53,7 +54,9 @@ def generate(
             as ``weak_tuned`` with no ``weak_untuned`` means "that adapter on its base").
         search: ``"cbs"`` (chunk-level beam search), ``"bon"`` (best-of-N) or ``"token"`` (token-level
             guidance; needs a shared vocabulary).
-        beam_width, successors_per_beam, chunk_length: W, K, L of chunk-level beam search.
+        beam_width, successors_per_beam, chunk_length: W, K, L of chunk-level beam search (K may be a
+            budget policy such as ``w2s.ScheduledBudget``, L a ``w2s.ChunkBoundary``).
+        selection: which candidates survive a round (default: the W best distinct ones).
         n: samples of best-of-N.
         beta: strength of token-level guidance.
         streamer, tokenizer, stop_strings: as for ``generate``; ``tokenizer`` is the large model's and
@@ -68,7 +71,9 @@ def generate(
             )
         weak_pair = _load_pair(str(weak_tuned), None if weak_untuned is None else str(weak_untuned))
     if search == "cbs":
-        strategy = w2s.ChunkBeamSearch(weak_pair, beam_width, successors_per_beam, chunk_length)
+        strategy = w2s.ChunkBeamSearch(
+            weak_pair, beam_width, successors_per_beam, chunk_length, selection=selection
+        )
     elif search == "bon":
         strategy = w2s.BestOfN(weak_pair, n=n)
     elif search == "token":

@@ -160,6 +160,7 @@ class LocalModelSource(CandidateSource):
                 [c for c in stopping if not isinstance(c, MaxLengthCriteria)]
             )
         self.owners = list(range(self.batch))
+        self._present = self.owners
         # Prefill each prompt once.
         self.cost = cost
         self.cache = new_cache(model)
@@ -183,8 +184,10 @@ class LocalModelSource(CandidateSource):
         return self.model(**kwargs, logits_to_keep=1).logits[:, -1].float()
 
     def _count_forward(self) -> None:
-        present = sorted(set(self.owners))
-        self.cost.add("large_forwards", present, [1] * len(present))
+        """One large-model forward for every prompt that has a row in it."""
+        counter = self.cost.large_forwards
+        for prompt in self._present:
+            counter[prompt] += 1
 
     def expand(self, parents: Sequence[int], repeats: Sequence[int]) -> None:
         live = torch.as_tensor(list(parents), dtype=torch.long, device=self.device)
@@ -197,6 +200,7 @@ class LocalModelSource(CandidateSource):
             select_cache_rows(self.cache, live)
             self.seqs, self.mask, self.logits = self.seqs[live], self.mask[live], self.logits[live]
             self.owners = owners
+            self._present = sorted(set(owners))
             self._count_forward()
             fresh = self._forward(self.seqs[:, -1:])
             if self.boundary.is_fixed:
@@ -209,6 +213,7 @@ class LocalModelSource(CandidateSource):
         select_cache_rows(self.cache, index)
         self.seqs, self.mask, self.logits = self.seqs[index], self.mask[index], self.logits[index]
         self.owners = [o for o, r in zip(owners, repeats) for _ in range(r)]
+        self._present = sorted(set(owners))
         self.response_lengths = [n for n, r in zip(lengths, repeats) for _ in range(r)]
 
     def _slot_of_row(self) -> torch.Tensor | None:
