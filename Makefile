@@ -30,7 +30,7 @@ test-min:
 	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
 	$(MIN_VENV)/bin/python -m pip install -q "$(TORCH_PIN)" "transformers==5.6.0" "peft==0.18.0"
 	$(MIN_VENV)/bin/python -m pip install -q -e ".[dev]"
-	$(MIN_VENV)/bin/python -m pytest -q -x -p no:cacheprovider -m "not slow" tests/test_scoring.py tests/test_processor.py tests/test_search.py tests/test_pairs.py tests/test_combined.py
+	$(MIN_VENV)/bin/python -m pytest -q -x -p no:cacheprovider -m "not slow" tests/test_scoring.py tests/test_processor.py tests/test_search.py tests/test_pairs.py tests/test_combined.py tests/test_policies.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks hub

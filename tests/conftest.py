@@ -9,6 +9,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+import w2s_generate as w2s
+
 CORPUS = [
     "the film was wonderful and the acting was great",
     "the plot was dull and the ending was awful",
@@ -105,3 +107,16 @@ def tokenizer():
 @pytest.fixture(params=FAMILIES)
 def family(request):
     return request.param
+
+
+# A large model and a weak pair of one family (a file may define its own with other seeds).
+@pytest.fixture
+def strong(family, tokenizer):
+    return make_model(family, len(tokenizer), 10, width=48, layers=3)
+
+
+@pytest.fixture
+def pair(family, tokenizer):
+    return w2s.WeakPair(
+        make_model(family, len(tokenizer), 11), make_model(family, len(tokenizer), 12), tokenizer
+    )

@@ -27,18 +27,6 @@ from w2s_generate.policies import Candidate, SearchCost
 PROMPTS = ["the film was", "a quiet story about a family"]
 
 
-@pytest.fixture
-def strong(family, tokenizer):
-    return make_model(family, len(tokenizer), 10, width=48, layers=3)
-
-
-@pytest.fixture
-def pair(family, tokenizer):
-    return w2s.WeakPair(
-        make_model(family, len(tokenizer), 11), make_model(family, len(tokenizer), 12), tokenizer
-    )
-
-
 # ------------------------------------------------------------------------------------ selection
 candidate_lists = st.lists(
     st.builds(
@@ -305,6 +293,23 @@ def completes_a_stop(tokenizer, response: list[int], stops: list[str]) -> bool:
     return any(text.find(s, max(len(before) - len(s) + 1, 0)) != -1 for s in stops)
 
 
+def assert_chunks_end_at_stops(trace, tokenizer, stops: list[str], cap: int, max_new_tokens: int) -> None:
+    """Every chunk a round adds to a kept response is ``cap`` long or ends at the token completing a
+    stop string (or ends the response); and some chunk ended early."""
+    early = False
+    for earlier, later in zip(trace, trace[1:]):
+        parents = [r for r, k in zip(earlier.responses, earlier.kept.tolist()) if k]
+        for response in later.responses:
+            parent = max((p for p in parents if response[: len(p)] == p), key=len, default=None)
+            ended = len(response) == max_new_tokens or tokenizer.eos_token_id in response
+            if parent is None or ended:
+                continue
+            chunk = response[len(parent) :]
+            assert len(chunk) == cap or completes_a_stop(tokenizer, response, stops), (chunk, response)
+            early |= len(chunk) < cap
+    assert early, "frequent stop strings should end some chunks early"
+
+
 def test_stop_string_boundary_ends_chunks_at_the_string(strong, pair, tokenizer):
     inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     width = inputs["input_ids"].shape[1]
@@ -320,17 +325,7 @@ def test_stop_string_boundary_ends_chunks_at_the_string(strong, pair, tokenizer)
     responses = responses_of(out.sequences, width, tokenizer.pad_token_id)
     torch.testing.assert_close(out.log_ratios, pair.score(PROMPTS, responses), atol=1e-4, rtol=1e-4)
     # Each round adds to a kept response a chunk that ends in a stop string or is 6 tokens long.
-    early = False
-    for earlier, later in zip(out.trace, out.trace[1:]):
-        parents = [r for r, k in zip(earlier.responses, earlier.kept.tolist()) if k]
-        for response in later.responses:
-            parent = max((p for p in parents if response[: len(p)] == p), key=len, default=None)
-            if parent is None:
-                continue
-            chunk = response[len(parent) :]
-            assert len(chunk) == 6 or completes_a_stop(tokenizer, response, stops) or len(response) == 18
-            early |= len(chunk) < 6 and len(response) < 18 and tokenizer.eos_token_id not in chunk
-    assert early, "frequent stop strings should end some chunks early"
+    assert_chunks_end_at_stops(out.trace, tokenizer, stops, cap=6, max_new_tokens=18)
 
 
 def test_processors_see_rows_without_the_gaps_of_waiting_rows(strong, pair, tokenizer):
@@ -559,12 +554,28 @@ def test_stop_string_boundary_with_a_word_level_tokenizer():
     )
     responses = responses_of(out.sequences, width, 0)
     torch.testing.assert_close(out.log_ratios, pair.score(prompts, responses), atol=1e-4, rtol=1e-4)
-    early = False
-    for earlier, later in zip(out.trace, out.trace[1:]):
-        parents = [r for r, k in zip(earlier.responses, earlier.kept.tolist()) if k]
-        for response in later.responses:
-            parent = max((p for p in parents if response[: len(p)] == p), key=len, default=None)
-            if parent is not None and len(response) < 12 and 2 not in response:
-                assert len(response) - len(parent) == 6 or completes_a_stop(tokenizer, response, [stop_word])
-                early |= len(response) - len(parent) < 6
-    assert early, "the stop word should end some chunks early"
+    assert_chunks_end_at_stops(out.trace, tokenizer, [stop_word], cap=6, max_new_tokens=12)
+
+
+@pytest.mark.parametrize(
+    "settings_",
+    [
+        {"selection": w2s.DiverseSelection(1)},
+        {"selection": w2s.StochasticSelection(0.5, seed=0)},
+        {"successors_per_beam": w2s.ScheduledBudget([1])},
+        {"successors_per_beam": w2s.AdaptiveBudget(1, margin=0.0)},
+    ],
+    ids=["diverse", "stochastic", "scheduled", "adaptive"],
+)
+def test_width_one_reproduces_plain_sampling_under_every_policy(strong, pair, tokenizer, settings_):
+    inputs = tokenizer(["the film was"], return_tensors="pt")
+    eos = list(range(100, 140))  # some responses end early
+    for seed in range(3):
+        torch.manual_seed(seed)
+        plain = strong.generate(**inputs, do_sample=True, max_new_tokens=12, eos_token_id=eos)
+        torch.manual_seed(seed)
+        cbs = w2s.ChunkBeamSearch(pair, 1, **{"successors_per_beam": 1, "chunk_length": 4, **settings_})
+        searched = strong.generate(
+            **inputs, custom_generate=cbs, do_sample=True, max_new_tokens=12, eos_token_id=eos
+        )
+        assert torch.equal(plain, searched)

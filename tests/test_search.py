@@ -16,18 +16,6 @@ import w2s_generate as w2s
 PROMPTS = ["the film was", "a quiet story about a family"]
 
 
-@pytest.fixture
-def strong(family, tokenizer):
-    return make_model(family, len(tokenizer), 10, width=48, layers=3)
-
-
-@pytest.fixture
-def pair(family, tokenizer):
-    return w2s.WeakPair(
-        make_model(family, len(tokenizer), 11), make_model(family, len(tokenizer), 12), tokenizer
-    )
-
-
 @pytest.fixture(scope="module")
 def other_tokenizer():
     return make_tokenizer(280, seed_text="zebra quartz", bos=True)
