@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,serving]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,serving,align]"
 	touch $(STAMP)
 
 install: $(STAMP)

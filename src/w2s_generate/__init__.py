@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the names below load on first use, so `w2s-generate --help` starts without torch
     from . import scoring
+    from .align import align_adapter, preference_pairs
     from .combined import GuidanceEnsemble, PromptPair
+    from .debates import Debate, debate, debate_pair
     from .explanations import explain, explanation_pair
     from .generate import TokenGuidance, W2SGenerationMixin, disable, enable
     from .pairs import WeakPair
@@ -37,8 +39,13 @@ if TYPE_CHECKING:  # the names below load on first use, so `w2s-generate --help`
 
 #: public name -> the module that defines it
 _HOMES = {
+    "align_adapter": "align",
+    "preference_pairs": "align",
     "GuidanceEnsemble": "combined",
     "PromptPair": "combined",
+    "Debate": "debates",
+    "debate": "debates",
+    "debate_pair": "debates",
     "explain": "explanations",
     "explanation_pair": "explanations",
     "TokenGuidance": "generate",
@@ -120,9 +127,14 @@ __all__ = [
     "W2SGenerationMixin",
     "WeakPair",
     "WeakToStrongLogitsProcessor",
+    "Debate",
+    "debate",
+    "debate_pair",
+    "align_adapter",
     "disable",
     "enable",
     "explain",
     "explanation_pair",
+    "preference_pairs",
     "scoring",
 ]

@@ -33,14 +33,17 @@ def _check_weights(weights: Sequence[object]) -> None:
 class PromptPair(WeakPair):
     """A pair with no training: the tuned side is the small model reading ``condition`` first.
 
-    The untuned side is the same model without it; both sides run in one batched forward on one model.
-    For chat prompts the condition is a system message; for text it is a paragraph before the prompt.
+    The untuned side is the same model without it, or reading ``against`` (a contrasting text: see
+    [`w2s_generate.debate_pair`][w2s_generate.debate_pair]); both sides run in one batched forward on
+    one model. For chat prompts a condition is a system message; for text it is a paragraph before the
+    prompt.
 
     Args:
         model: a small causal LM.
         tokenizer: its tokenizer.
         condition: the conditioning text (a system prompt, a principle, a persona), or a function
             returning one per prompt (see [`w2s_generate.explanation_pair`][w2s_generate.explanation_pair]).
+        against: what the untuned side reads instead of nothing (a text or a function of the prompt).
 
     Examples:
         >>> pair = PromptPair(small_model, tokenizer, condition="Answer kindly.")
@@ -53,15 +56,25 @@ class PromptPair(WeakPair):
         model: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         condition: str | Callable[[Prompt], str],
+        against: str | Callable[[Prompt], str] | None = None,
     ) -> None:
-        if not callable(condition) and (not isinstance(condition, str) or not condition.strip()):
+        for name, value in (("condition", condition), ("against", against)):
+            if value is None and name == "against":
+                continue
+            if not callable(value) and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(
+                    f"{name} must be a non-empty text or a function of the prompt; got {value!r}."
+                )
+        if isinstance(condition, str) and condition == against:
             raise ValueError(
-                f"condition must be a non-empty text or a function of the prompt; got {condition!r}."
+                f"condition and against are the same text ({condition!r:.40}): both sides would read the same, "
+                "so the pair would not guide at all."
             )
         _check_causal_lm(model, "model")
         model.eval()
         self.condition = condition
-        self._init(tokenizer, [Side(model, condition=condition), Side(model)], [1.0, -1.0])
+        self.against = against
+        self._init(tokenizer, [Side(model, condition=condition), Side(model, condition=against)], [1.0, -1.0])
 
 
 class GuidanceEnsemble(WeakPair):

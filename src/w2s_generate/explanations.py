@@ -9,7 +9,7 @@ small model reading that explanation, and whose untuned side is the same model w
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -59,6 +59,23 @@ def explain(
         >>> explain(model, tokenizer, ["Write a haiku about rain."], max_new_tokens=16)
         ['...']
     """
+    texts, _ = write_for_prompts(model, tokenizer, prompts, instruction, max_new_tokens, **generate_kwargs)
+    return texts
+
+
+@torch.no_grad()
+def write_for_prompts(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    instruction: str,
+    max_new_tokens: int,
+    **generate_kwargs,
+) -> tuple[list[str], list[int]]:
+    """The large model's text for each prompt under ``instruction``, and the tokens it generated for it.
+
+    The token count runs to the first end-of-sequence token (included), so padding is not counted.
+    """
     if not isinstance(instruction, str) or "{prompt}" not in instruction:
         raise ValueError("instruction must contain '{prompt}', where each prompt goes.")
     if isinstance(prompts, str) or len(prompts) == 0:
@@ -93,7 +110,56 @@ def explain(
         settings.setdefault("pad_token_id", tokenizer.pad_token_id)
     out = model.generate(**encoded, **settings)
     width = encoded["input_ids"].shape[1]
-    return [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+    generated = out[:, width:].tolist()
+    eos = settings.get("eos_token_id", model.generation_config.eos_token_id)
+    eos = set([] if eos is None else [eos] if isinstance(eos, int) else eos)
+    counts = [next((i + 1 for i, t in enumerate(row) if t in eos), len(row)) for row in generated]
+    decoded = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return [t.strip() for t in decoded], counts
+
+
+def per_prompt(
+    prompts: Sequence[Prompt],
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    what: str,
+    many: str | None = None,
+) -> Callable[[Prompt], str]:
+    """``prompt -> text``: the text written for each prompt, found however the search hands the prompt over.
+
+    ``what`` names one text in errors (e.g. ``"explanation"``), ``many`` the list (default ``what + "s"``).
+    """
+    many = many or f"{what}s"
+    for name, value in (("prompts", prompts), (many, texts)):
+        if isinstance(value, str):
+            raise ValueError(
+                f"{name} must be a list (one entry per prompt); got a str: wrap it, [{value!r:.40}]."
+            )
+    if len(prompts) != len(texts):
+        raise ValueError(f"{len(prompts)} prompts but {len(texts)} {many}: give one per prompt.")
+    table: dict[str, str] = {}
+    for i, (prompt, text) in enumerate(zip(prompts, texts)):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                f"{many}[{i}] is {text!r:.60}: each must be a non-empty text (an empty one would make the "
+                "pair's two sides read the same, so it would not guide at all)."
+            )
+        key = _key(prompt, tokenizer)
+        if table.get(key, text) != text:
+            raise ValueError(
+                f"prompts[{i}] ({prompt!r:.60}) appears twice with different {many}; one prompt has one."
+            )
+        table[key] = text
+
+    def lookup(prompt: Prompt) -> str:
+        try:
+            return table[_key(prompt, tokenizer)]
+        except KeyError:
+            raise KeyError(
+                f"No {what} for the prompt {prompt!r}: build the pair with the prompts the search scores."
+            ) from None
+
+    return lookup
 
 
 def explanation_pair(
@@ -117,33 +183,6 @@ def explanation_pair(
         >>> inputs = tok(prompts, return_tensors="pt", padding=True)
         >>> out = model.generate(**inputs, custom_generate=ChunkBeamSearch(pair), do_sample=True, max_new_tokens=10)
     """
-    for name, value in (("prompts", prompts), ("explanations", explanations)):
-        if isinstance(value, str):
-            raise ValueError(
-                f"{name} must be a list (one entry per prompt); got a str: wrap it, [{value!r:.40}]."
-            )
-    if len(prompts) != len(explanations):
-        raise ValueError(f"{len(prompts)} prompts but {len(explanations)} explanations: give one per prompt.")
-    table: dict[str, str] = {}
-    for i, (prompt, explanation) in enumerate(zip(prompts, explanations)):
-        if not isinstance(explanation, str) or not explanation.strip():
-            raise ValueError(
-                f"explanations[{i}] is {explanation!r:.60}: each explanation must be a non-empty text (an empty one "
-                "would make the pair's two sides read the same, so it would not guide at all)."
-            )
-        key = _key(prompt, small_tokenizer)
-        if table.get(key, explanation) != explanation:
-            raise ValueError(
-                f"prompts[{i}] ({prompt!r:.60}) appears twice with different explanations; one prompt has one."
-            )
-        table[key] = explanation
-
-    def condition(prompt: Prompt) -> str:
-        try:
-            return table[_key(prompt, small_tokenizer)]
-        except KeyError:
-            raise KeyError(
-                f"No explanation for the prompt {prompt!r}: build the pair with the prompts the search scores."
-            ) from None
-
-    return PromptPair(small_model, small_tokenizer, condition)
+    return PromptPair(
+        small_model, small_tokenizer, per_prompt(prompts, explanations, small_tokenizer, "explanation")
+    )
