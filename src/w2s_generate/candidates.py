@@ -21,6 +21,7 @@ from transformers.generation.stopping_criteria import MaxLengthCriteria, StopStr
 
 from ._compat import accepts_position_ids, new_cache, select_cache_rows
 from .bridge import advance_texts
+from .drafting import speculative_choice
 from .pairs import WeakPair
 from .policies import ChunkBoundary, SearchCost, token_stop
 from .row_processors import processors_for_rows
@@ -36,11 +37,13 @@ class SampledChunks:
         ids: ``[R, T]`` the chunk's token ids, valid tokens first (``None`` from a text source).
         lengths: ``[R]`` valid tokens per row (``None`` from a text source).
         finished: per row, whether the response has ended (EOS, a stopping criterion, the token budget).
+        scored: the pair's state already holds the chunks (a drafting source steps it while drafting).
     """
 
     ids: torch.Tensor | None
     lengths: torch.Tensor | None
     finished: list[bool]
+    scored: bool = False
 
 
 class CandidateSource:
@@ -385,6 +388,8 @@ class IdScorer:
         self.state.select(torch.as_tensor(list(index), dtype=torch.long, device=self.state.scores.device))
 
     def advance(self, chunks: SampledChunks, responses: list, owners: list[int]) -> None:
+        if chunks.scored:
+            return  # the drafting source has stepped the state (and counted its tokens) already
         self.state.extend(chunks.ids, chunks.lengths)
         self.cost.add("weak_tokens", owners, chunks.lengths.tolist())
 
@@ -421,3 +426,169 @@ class TextScorer:
     def advance(self, chunks: SampledChunks, responses: list, owners: list[int]) -> None:
         fed = advance_texts(self.pair, self.state, self.weak_rows, self.to_texts(responses, owners))
         self.cost.add("weak_tokens", owners, fed)
+
+
+class DraftedModelSource(CandidateSource):
+    """Chunks of exact large-model samples, drafted by the weak pair and verified by the large model.
+
+    Each drafting round, every row drafts ``gamma`` tokens from one side of the pair (its next-token
+    distribution, warped like the large model's), and ONE large-model forward over the row's last
+    committed token and the drafts gives the large model's distribution at all ``gamma + 1`` positions.
+    Speculative sampling ([`speculative_choice`][w2s_generate.drafting.speculative_choice]) keeps each
+    draft with probability ``min(1, p / q)`` and samples the token after the kept ones from the
+    residual (or from ``p`` when all are kept): every committed token is an exact sample of the large
+    model, as in the undrafted search. Rows commit different numbers of tokens per round (masks and
+    positions per row) and stop at the chunk length, EOS or the token budget.
+
+    The pair's state is shared with the search's scorer: drafting steps it through the drafts, and the
+    rejected ones are retracted, so the pair has scored every kept token by the end of the chunk
+    without a second pass.
+    """
+
+    def __init__(
+        self,
+        model,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        warpers: LogitsProcessorList,
+        eos_ids: list[int],
+        pad: int,
+        chunk: int,
+        max_new: int,
+        state: GuidanceState,
+        proposal_side: int,
+        draft_tokens: int,
+        cost: SearchCost,
+    ) -> None:
+        self.model = model
+        self.warpers = warpers
+        self.pad = pad
+        self.chunk = chunk
+        self.max_new = max_new
+        self.state = state
+        self.proposal_side = proposal_side
+        self.gamma = draft_tokens
+        self.cost = cost
+        self.device = prompt_ids.device
+        self.batch, width = prompt_ids.shape
+        self.eos = torch.tensor(eos_ids or [-1], device=self.device)
+        self.uses_position_ids = accepts_position_ids(model)
+        self.owners = list(range(self.batch))
+        self._present = self.owners
+        mask = prompt_mask.long()
+        # The cache holds every committed token but the last, which the next forward feeds first.
+        self.cache = new_cache(model)
+        if width > 1:
+            self._count_forward()
+            kwargs = (
+                {"position_ids": (mask[:, :-1].cumsum(-1) - 1).clamp(min=0)} if self.uses_position_ids else {}
+            )
+            model(
+                input_ids=prompt_ids[:, :-1],
+                attention_mask=mask[:, :-1],
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **kwargs,
+            )
+        self.cache_mask = mask[:, :-1]
+        self.last = prompt_ids[:, -1]
+        # Room for one drafting round past the budget, so every round writes at distinct columns.
+        self.out = torch.full(
+            (self.batch, max_new + draft_tokens + 1), pad, dtype=torch.long, device=self.device
+        )
+        self.written = torch.zeros(self.batch, dtype=torch.long, device=self.device)
+        self.drafted = torch.zeros((), dtype=torch.long, device=self.device)  # drafts proposed, all rounds
+        self.accepted = torch.zeros((), dtype=torch.long, device=self.device)  # drafts committed
+
+    _count_forward = LocalModelSource._count_forward
+
+    def expand(self, parents: Sequence[int], repeats: Sequence[int]) -> None:
+        index = torch.as_tensor(list(parents), dtype=torch.long, device=self.device).repeat_interleave(
+            torch.as_tensor(list(repeats), dtype=torch.long, device=self.device)
+        )
+        select_cache_rows(self.cache, index)
+        self.cache_mask, self.last = self.cache_mask[index], self.last[index]
+        self.out, self.written = self.out[index], self.written[index]
+        owners = [self.owners[p] for p in parents]
+        self.owners = [o for o, r in zip(owners, repeats) for _ in range(r)]
+        self._present = sorted(set(owners))
+
+    def _forward(self, fed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[R, G+1] -> [R, G+1, V]`` the large model's logits at every fed position."""
+        kwargs = {"input_ids": fed, "attention_mask": mask, "past_key_values": self.cache, "use_cache": True}
+        if self.uses_position_ids:
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, -fed.shape[1] :]
+        return self.model(**kwargs).logits.float()
+
+    def sample(self) -> SampledChunks:
+        gamma, rows = self.gamma, self.last.shape[0]
+        position = torch.arange(gamma + 1, device=self.device)
+        room = (self.max_new - self.written).clamp(min=0, max=self.chunk)  # [R] tokens this chunk may take
+        taken = torch.zeros(rows, dtype=torch.long, device=self.device)
+        ended = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        weak_fed = torch.zeros(rows, dtype=torch.long, device=self.device)
+        while True:
+            active = (taken < room) & ~ended
+            if not bool(active.any()):  # the one host sync a drafting round needs
+                break
+            # 1. Draft gamma tokens per row from the proposal side of the pair.
+            proposal, drafts = [], []
+            for _ in range(gamma):
+                q = torch.softmax(
+                    self.warpers(self.out, self.state.next_token_logprobs()[self.proposal_side]), -1
+                )
+                d = torch.multinomial(q, 1).squeeze(1)
+                proposal.append(q)
+                drafts.append(d)
+                self.state.step(d)
+            drafts_t = torch.stack(drafts, dim=1)  # [R, G]
+            # 2. One large-model forward over each row's last committed token and its drafts; rows whose
+            #    chunk is done take part masked.
+            fed = torch.cat([self.last[:, None], drafts_t], dim=1)
+            mask = torch.cat([self.cache_mask, active[:, None].expand(rows, gamma + 1).long()], dim=1)
+            self._count_forward()
+            logits = self._forward(fed, mask)
+            target = torch.softmax(
+                torch.stack([self.warpers(self.out, logits[:, j]) for j in range(gamma + 1)], dim=1), -1
+            )
+            # 3. Keep what speculative sampling accepts, then the token after it; EOS and the chunk's
+            #    room cut a row's tokens.
+            kept, next_token = speculative_choice(
+                target, torch.stack(proposal, dim=1), drafts_t, greedy=False
+            )
+            new = torch.cat([drafts_t, torch.zeros_like(drafts_t[:, :1])], dim=1)
+            new.scatter_(1, kept[:, None], next_token[:, None])  # kept drafts, the token, then junk
+            count = kept + 1
+            is_eos = torch.isin(new, self.eos) & (position[None, :] < count[:, None])
+            first_eos = torch.where(is_eos.any(-1), is_eos.long().argmax(-1) + 1, count)
+            count = torch.minimum(first_eos, room - taken).clamp(min=0)
+            count = torch.where(active, count, torch.zeros_like(count))
+            ended |= is_eos.any(-1) & (first_eos <= count) & (count > 0)
+            columns = self.written[:, None] + position[None, :]
+            writing = position[None, :] < count[:, None]
+            self.out.scatter_(1, columns, torch.where(writing, new, self.out.gather(1, columns)))
+            self.written += count
+            taken += count
+            self.drafted += gamma * active.sum()
+            # 4. Both sides keep exactly the committed tokens. The large cache keeps the fed last token
+            #    and the committed drafts but the newest (fed first next round); the pair drops what it
+            #    drafted past the committed drafts and appends the token after them when committed.
+            keeps_drafts = torch.minimum(kept, count)
+            self.accepted += keeps_drafts.sum()
+            cache_keeps = active[:, None] & ((position[None, :] == 0) | (position[None, :] < count[:, None]))
+            self.cache_mask = torch.cat([self.cache_mask, cache_keeps.long()], dim=1)
+            newest = new.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1)
+            self.last = torch.where(count > 0, newest, self.last)
+            appends = (count == kept + 1).long()
+            self.state.replace_tail(gamma - keeps_drafts, next_token[:, None], appends)
+            weak_fed += gamma + appends
+        host_taken = taken.tolist()
+        self.cost.add("large_tokens", self.owners, host_taken)
+        self.cost.add("weak_tokens", self.owners, weak_fed.tolist())
+        written = self.written.tolist()
+        finished = [bool(e) or n >= self.max_new for e, n in zip(ended.tolist(), written)]
+        return SampledChunks(None, taken, finished, scored=True)
+
+    def responses(self) -> list[list[int]]:
+        return [row[:n] for row, n in zip(self.out.tolist(), self.written.tolist())]

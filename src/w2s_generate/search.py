@@ -20,7 +20,15 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteriaList
 
 from .bridge import TextBridge
-from .candidates import CandidateSource, IdScorer, LocalModelSource, TextSamplerSource, TextScorer
+from .candidates import (
+    CandidateSource,
+    DraftedModelSource,
+    IdScorer,
+    LocalModelSource,
+    TextSamplerSource,
+    TextScorer,
+)
+from .drafting import check_draftable
 from .pairs import WeakPair
 from .policies import (
     BudgetPolicy,
@@ -115,6 +123,11 @@ class ChunkBeamSearch(Strategy):
             the large model's, which is refused if the output tables differ by more than 1% of rows.
         selection: which candidates survive a round; default [`TopDistinct`][w2s_generate.TopDistinct]
             (the W best distinct ones).
+        draft_tokens: G > 0 drafts G tokens at a time from one side of the pair and verifies them with one
+            large-model forward (speculative sampling: the chunks are still exact samples of the large
+            model). Needs a shared vocabulary, fixed-length chunks and only the sampling warpers among
+            generate's processors; ``None`` (default) or 0 samples token by token.
+        draft_from: the side of the pair that drafts, ``"tuned"`` (default) or ``"untuned"``.
 
     Examples:
         >>> cbs = ChunkBeamSearch(pair, beam_width=2, successors_per_beam=2, chunk_length=4)
@@ -131,6 +144,8 @@ class ChunkBeamSearch(Strategy):
         chunk_length: int | ChunkBoundary | None = 5,
         tokenizer: PreTrainedTokenizerBase | None = None,
         selection: SelectionPolicy | None = None,
+        draft_tokens: int | None = None,
+        draft_from: str = "tuned",
     ) -> None:
         super().__init__()
         if not isinstance(pair, WeakPair):
@@ -174,6 +189,21 @@ class ChunkBeamSearch(Strategy):
             raise TypeError(
                 f"tokenizer must be the large model's transformers tokenizer; got a {type(tokenizer).__name__}."
             )
+        if draft_tokens is not None and draft_tokens != 0 and not _is_count(draft_tokens):
+            raise ValueError(
+                f"draft_tokens must be an integer >= 1, or None/0 for no drafting; got {draft_tokens!r}."
+            )
+        if draft_from not in ("tuned", "untuned"):
+            raise ValueError(
+                f"draft_from must be 'tuned' or 'untuned' (the pair's side that drafts); got {draft_from!r}."
+            )
+        if draft_tokens and not boundary.is_fixed:
+            raise ValueError(
+                "draft_tokens needs chunks of a fixed length: a ChunkBoundary with stop strings or tokens cannot "
+                "be checked on drafted tokens before the large model verifies them. Use one or the other."
+            )
+        self.draft_tokens = int(draft_tokens) if draft_tokens else None
+        self.draft_from = draft_from
         self.pair = pair
         self.beam_width = int(beam_width)
         self.budget = budget
@@ -234,20 +264,7 @@ class ChunkBeamSearch(Strategy):
                 raise ValueError(f"A streamer takes one prompt at a time; got a batch of {batch}.")
             streamer.put(prompt_ids.cpu())
         cost = SearchCost.zeros(batch)
-        source = LocalModelSource(
-            model,
-            prompt_ids,
-            mask,
-            logits_processor,
-            stopping_criteria,
-            config,
-            _pad_token_id(config),
-            self.boundary,
-            max(config.max_length - prompt_len, 0),
-            self.beam_width * self.budget.max_successors,
-            cost,
-            stop_string_tokenizer=tokenizer,
-        )
+        max_new = max(config.max_length - prompt_len, 0)
         # The prompts as the large model saw them: its ids, or their text across tokenizers.
         prompt_rows = [
             [t for t, m in zip(ids, row) if m] for ids, row in zip(prompt_ids.tolist(), mask.tolist())
@@ -258,6 +275,34 @@ class ChunkBeamSearch(Strategy):
             default_weak_prompts = bridge.start(prompt_rows)  # also hands the prompts to the bridge
         state = self.pair.start(weak_prompts if weak_prompts is not None else default_weak_prompts)
         scorer = IdScorer(state, cost) if bridge is None else TextScorer(state, self.pair, bridge.texts, cost)
+        if self.draft_tokens:
+            source: CandidateSource = self._drafting_source(
+                model,
+                prompt_ids,
+                mask,
+                logits_processor,
+                stopping_criteria,
+                config,
+                bridge,
+                state,
+                max_new,
+                cost,
+            )
+        else:
+            source = LocalModelSource(
+                model,
+                prompt_ids,
+                mask,
+                logits_processor,
+                stopping_criteria,
+                config,
+                _pad_token_id(config),
+                self.boundary,
+                max_new,
+                self.beam_width * self.budget.max_successors,
+                cost,
+                stop_string_tokenizer=tokenizer,
+            )
         stream = _Streamer(streamer) if streamer is not None else None
         pools, trace = self._search(source, scorer, cost, return_trace, stream)
         rows: list[list[int]] = []
@@ -343,6 +388,11 @@ class ChunkBeamSearch(Strategy):
         weak_prompts = list(prompts) if weak_prompts is None else list(weak_prompts)
         if len(weak_prompts) != len(prompts):
             raise ValueError(f"weak_prompts has {len(weak_prompts)} entries for {len(prompts)} prompts.")
+        if self.draft_tokens:
+            raise ValueError(
+                "draft_tokens needs the large model's logits to verify drafts; a text sampler returns text only. "
+                "Drop draft_tokens for run()."
+            )
         cost = SearchCost.zeros(len(prompts))
         source = TextSamplerSource(sampler, list(prompts), self.boundary, max_new_tokens, cost)
         scorer = TextScorer(self.pair.start(weak_prompts), self.pair, lambda texts, owners: texts, cost)
@@ -431,6 +481,36 @@ class ChunkBeamSearch(Strategy):
                 return pools, trace
             parents, repeats = keep, [budget[owners[r]] for r in keep]
             parent_of_row = [i for i, k in enumerate(repeats) for _ in range(k)]
+
+    def _drafting_source(
+        self, model, prompt_ids, mask, processors, stopping, config, bridge, state, max_new, cost
+    ) -> DraftedModelSource:
+        """The candidate source of a drafted search, after refusing what drafting cannot keep exact."""
+        if bridge is not None:
+            raise ValueError(
+                "draft_tokens needs the pair to read the large model's tokens (a shared vocabulary): its drafts "
+                "are large-model tokens. Drop draft_tokens for a pair with another tokenizer."
+            )
+        check_draftable(processors, stopping)
+        coefficients = self.pair.coefficients
+        pick = max if self.draft_from == "tuned" else min
+        side = pick(range(len(coefficients)), key=lambda s: coefficients[s])
+        eos = config.eos_token_id
+        eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        return DraftedModelSource(
+            model,
+            prompt_ids,
+            mask,
+            processors,
+            eos_ids,
+            _pad_token_id(config),
+            self.boundary.max_tokens or max_new or 1,
+            max_new,
+            state,
+            side,
+            self.draft_tokens,
+            cost,
+        )
 
     def _successors(self, round_index: int, best_finished: float | None, live: list[float]) -> int:
         k = self.budget.successors(round_index, best_finished, live)
