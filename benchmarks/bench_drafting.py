@@ -27,6 +27,11 @@ How to run
     python benchmarks/bench_drafting.py                      # demo models, G in 2 4 8, batch 1 and 8
     python benchmarks/bench_drafting.py --models random
     python benchmarks/bench_drafting.py --quality --prompts 64
+    python benchmarks/bench_drafting.py --chunk [--quality]  # chunk-level search, CBS(4, 4, 5)
+
+With ``--chunk``: CBS(W=4, K=4, L=5) against ``ChunkBeamSearch(..., draft_tokens=G)`` for each G (and
+one run drafting from the untuned side), wall time per call, large-model forwards per sampled token
+(from ``out.cost``), and with ``--quality`` the gold reward of both over seeds 0-2.
 """
 
 from __future__ import annotations
@@ -158,6 +163,80 @@ def quality(args, strong, pair, tok) -> None:
         )
 
 
+def chunk_timing(args, strong, pair, tok, prompts) -> None:
+    """Chunk-level search with and without drafting: wall time, large forwards per sampled token, reward."""
+    kwargs = dict(
+        do_sample=True,
+        temperature=0.7,
+        top_k=50,
+        max_new_tokens=args.new_tokens,
+        eos_token_id=[tok.eos_token_id],
+        pad_token_id=tok.pad_token_id,
+        return_dict_in_generate=True,
+    )
+    print()
+    print(f"chunk-level search W=4 K=4 L=5, {args.new_tokens} new tokens, median of {args.repeats}")
+    print()
+    print("| prompts | variant | s / call | large forwards / candidate token | vs undrafted |")
+    print("|---:|---|---:|---:|---:|")
+    for batch in args.batches:
+        inputs = tok(prompts[:batch], return_tensors="pt", padding=True)
+        variants = {"CBS": w2s.ChunkBeamSearch(pair, 4, 4, 5)}
+        for gamma in args.gammas:
+            variants[f"drafted, G={gamma}"] = w2s.ChunkBeamSearch(pair, 4, 4, 5, draft_tokens=gamma)
+        variants[f"drafted, G={args.gammas[0]}, from the untuned side"] = w2s.ChunkBeamSearch(
+            pair, 4, 4, 5, draft_tokens=args.gammas[0], draft_from="untuned"
+        )
+        seconds = {name: [] for name in variants}
+        per_token = {name: [] for name in variants}
+        with torch.no_grad():
+            for strategy in variants.values():  # warm-up
+                strong.generate(**inputs, **kwargs, custom_generate=strategy)
+            for repeat in range(args.repeats):
+                for name, strategy in variants.items():
+                    torch.manual_seed(repeat)
+                    start = time.perf_counter()
+                    out = strong.generate(**inputs, **kwargs, custom_generate=strategy)
+                    seconds[name].append(time.perf_counter() - start)
+                    # Forwards per token of one candidate: each forward serves all W*K = 16 rows of a prompt.
+                    per_token[name].append(
+                        16 * sum(out.cost.large_forwards) / max(sum(out.cost.large_tokens), 1)
+                    )
+        base = statistics.median(seconds["CBS"])
+        for name in variants:
+            median = statistics.median(seconds[name])
+            print(
+                f"| {batch} | {name} | {median:.2f} | {statistics.mean(per_token[name]):.3f} | {median / base:.2f}x |"
+            )
+    if not args.quality:
+        return
+    from w2s_generate.demo import gold_reward
+    from w2s_generate.demo import prompts as demo_prompts
+
+    texts = demo_prompts(args.prompts, seed=1)
+    inputs = tok(texts, return_tensors="pt", padding=True)
+    print()
+    print(f"gold reward of CBS W=4 K=4 L=5 over {args.prompts} prompts, 40 new tokens")
+    print("| variant | seed 0 | seed 1 | seed 2 | mean |")
+    print("|---|---:|---:|---:|---:|")
+    for name, strategy in {
+        "CBS": w2s.ChunkBeamSearch(pair, 4, 4, 5),
+        f"drafted, G={args.gammas[0]}": w2s.ChunkBeamSearch(pair, 4, 4, 5, draft_tokens=args.gammas[0]),
+    }.items():
+        rewards = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                out = strong.generate(**inputs, **{**kwargs, "max_new_tokens": 40}, custom_generate=strategy)
+            decoded = tok.batch_decode(out.sequences, skip_special_tokens=True)
+            rewards.append(statistics.mean(gold_reward(t) for t in decoded))
+        print(
+            f"| {name} | "
+            + " | ".join(f"{r:+.3f}" for r in rewards)
+            + f" | {statistics.mean(rewards):+.3f} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", choices=["demo", "random"], default="demo")
@@ -169,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quality", action="store_true", help="gold reward with and without drafts (demo)")
     parser.add_argument("--prompts", type=int, default=64, help="prompts of the --quality run")
+    parser.add_argument("--chunk", action="store_true", help="chunk-level search with and without drafting")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -176,9 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"# drafted token guidance ({args.models} models), torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    timing(args, strong, pair, tok, prompts)
-    if args.quality:
-        quality(args, strong, pair, tok)
+    if args.chunk:
+        chunk_timing(args, strong, pair, tok, prompts)
+    else:
+        timing(args, strong, pair, tok, prompts)
+        if args.quality:
+            quality(args, strong, pair, tok)
     print()
     print("command: python " + shlex.join(sys.argv if argv is None else [sys.argv[0], *argv]))
 
