@@ -165,6 +165,7 @@ def test_adding_a_subcommand_is_one_registration(monkeypatch, capsys):
         (["--adapter", "A", "--successors-schedule", "4,0"], "integers >= 1 separated by commas"),
         (["--adapter", "A", "--successors-schedule", "4,2", "--settle-margin", "1"], "does not combine"),
         (["--adapter", "A", "--settle-margin", "-1"], "a finite number >= 0"),
+        (["--adapter", "A", "--draft-tokens", "0"], "an integer >= 1"),
     ],
 )
 def test_bad_combinations_are_refused_clearly(pair, message, tmp_path, capsys):
@@ -213,6 +214,21 @@ def test_each_method_writes_one_line_per_prompt_and_a_rerun_adds_nothing(
     before = out.read_bytes()
     assert generate(models, out, method=method, prompts=prompts_file) == 0
     assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("method", ["cbs", "token"])
+def test_drafted_methods_from_the_command_line(method, models, prompts_file, tmp_path, capsys):
+    drafted, plain = tmp_path / "drafted.jsonl", tmp_path / "plain.jsonl"
+    assert generate(models, drafted, "--draft-tokens", "2", method=method, prompts=prompts_file) == 0
+    assert generate(models, plain, method=method, prompts=prompts_file) == 0
+    results = read_results(drafted)
+    assert len(results) == 3 and all(r["settings"]["draft_tokens"] == 2 for r in results)
+    assert all(r["settings"]["draft_tokens"] is None for r in read_results(plain))
+    if method == "cbs":
+        assert all(isinstance(r["log_ratio"], float) and "cost" in r for r in results)
+    with pytest.raises(SystemExit):
+        generate(models, tmp_path / "bon.jsonl", "--draft-tokens", "2", method="bon", prompts=prompts_file)
+    assert "--draft-tokens applies to --method cbs or --method token only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,9 @@ Methods:
   bon    best-of-N                 (--n)
   token  token-level guidance      (--beta; needs the large model's vocabulary)
 
+--draft-tokens G (cbs, token) lets the weak pair draft G tokens that the large model verifies in one
+forward: the same distribution, fewer large-model forwards.
+
 --prompts reads JSON lines: {"prompt": TEXT or [chat messages], "id": optional,
 "weak_prompt": optional TEXT or [chat messages]}. The id defaults to the line number. A rerun skips
 the ids already in --out, so an interrupted job resumes where it stopped. Malformed lines are
@@ -157,9 +160,10 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
         "successors_schedule": None,
         "settle_margin": None,
         "chunk_stop": None,
+        "draft_tokens": None,
     },
     "bon": {"n": 16},
-    "token": {"beta": 1.0},
+    "token": {"beta": 1.0, "draft_tokens": None},
 }
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -353,6 +357,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         help=r"cbs: also end a chunk at the token that completes TEXT (repeatable; \n and \t understood)",
     )
+    method.add_argument(
+        "--draft-tokens",
+        type=_positive_int,
+        metavar="G",
+        help="cbs, token: the weak pair drafts G tokens, the large model verifies them in one forward "
+        "(the same distribution, fewer large-model forwards; local models only)",
+    )
     method.add_argument("--n", type=_positive_int, metavar="N", help="bon: number of samples (default 16)")
     method.add_argument(
         "--beta", type=_finite_float, metavar="B", help="token: guidance strength (default 1.0)"
@@ -448,11 +459,10 @@ def _check_generate_args(parser: argparse.ArgumentParser, args: argparse.Namespa
         if method == args.method:
             continue
         for option in options:
-            if getattr(args, option) is not None:
+            if option not in METHOD_OPTIONS[args.method] and getattr(args, option) is not None:
                 flag = "--" + option.replace("_", "-")
-                parser.error(
-                    f"{flag} applies to --method {method} only, not --method {args.method}: drop it."
-                )
+                owners = " or ".join(f"--method {m}" for m, o in METHOD_OPTIONS.items() if option in o)
+                parser.error(f"{flag} applies to {owners} only, not --method {args.method}: drop it.")
     if args.method == "cbs" and args.successors is not None and args.successors_schedule is not None:
         parser.error("--successors and --successors-schedule both set K: give one.")
     for option, default in METHOD_OPTIONS[args.method].items():
@@ -463,6 +473,10 @@ def _check_generate_args(parser: argparse.ArgumentParser, args: argparse.Namespa
     if args.endpoint is not None and args.method == "token":
         parser.error(
             "--endpoint serves text only, and token guidance needs the large model's logits: use --method cbs or bon."
+        )
+    if args.endpoint is not None and args.draft_tokens is not None:
+        parser.error(
+            "--draft-tokens verifies drafts with the large model's logits, which --endpoint does not give: drop one."
         )
     if args.temperature == 0 and args.method != "token":
         parser.error(
@@ -886,11 +900,17 @@ def make_strategy(args: argparse.Namespace, pair, strong_tokenizer):
             selection = TopDistinct()
         boundary = ChunkBoundary(args.chunk_length, stop_strings=args.chunk_stop)
         return ChunkBeamSearch(
-            pair, args.beam_width, budget, boundary, tokenizer=strong_tokenizer, selection=selection
+            pair,
+            args.beam_width,
+            budget,
+            boundary,
+            tokenizer=strong_tokenizer,
+            selection=selection,
+            draft_tokens=args.draft_tokens,
         )
     if args.method == "bon":
         return BestOfN(pair, args.n, tokenizer=strong_tokenizer)
-    return TokenGuidance(pair, args.beta)
+    return TokenGuidance(pair, args.beta, draft_tokens=args.draft_tokens)
 
 
 # --------------------------------------------------------------------------- prompts -> ids
