@@ -22,7 +22,8 @@ Then an adversarial check in the spirit of weak-to-strong deception: the strong 
 toward the word "great" (``sequence_bias``, +4), a word every judge here likes. Repeating it raises
 the lexicon reward too, so gold reward cannot expose it; fluency and the share of "great" can. Each
 judge searches the biased model; an ensemble of the LoRA and debate pairs shows, in its trace, how far
-the two judges agree on the candidates (Spearman correlation of their component scores per round).
+the two judges agree on the candidates (Spearman correlation of their component scores over each
+prompt's candidates of a round, averaged).
 
 Run: ``python benchmarks/bench_debate_align.py [--prompts 64] [--seeds 0 1 2]``.
 """
@@ -270,10 +271,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             agree = ""
             if pair is ensemble:
+                # Within each prompt's candidates of a round: scores of different prompts do not compare.
                 values = [
-                    spearman(t.component_scores["lora"].tolist(), t.component_scores["debate"].tolist())
+                    spearman(
+                        t.component_scores["lora"][t.prompt_index == b].tolist(),
+                        t.component_scores["debate"][t.prompt_index == b].tolist(),
+                    )
                     for _, trace in traces
                     for t in trace
+                    for b in set(t.prompt_index.tolist())
                 ]
                 values = [v for v in values if v == v]
                 agree = f"{statistics.mean(values):+.2f}" if values else "n/a"
