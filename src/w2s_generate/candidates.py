@@ -137,9 +137,7 @@ class LocalModelSource(CandidateSource):
         stop_string_tokenizer=None,
     ) -> None:
         self.model = model
-        self.prompt_ids = prompt_ids
         self.processors = processors
-        self.config = config
         self.pad = pad
         self.boundary = boundary
         self.max_new = max_new
@@ -164,8 +162,8 @@ class LocalModelSource(CandidateSource):
             )
         self.owners = list(range(self.batch))
         self._present = self.owners
-        # Prefill each prompt once.
         self.cost = cost
+        # Prefill each prompt once.
         self.cache = new_cache(model)
         self.mask = prompt_mask.long()
         self._count_forward()

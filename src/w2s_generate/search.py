@@ -225,7 +225,11 @@ class ChunkBeamSearch(Strategy):
         budget = self.budget.successors_per_beam if isinstance(self.budget, ConstantBudget) else self.budget
         boundary = self.boundary.max_tokens if self.boundary.is_fixed else self.boundary
         selection = "" if isinstance(self.selection, TopDistinct) else f", selection={self.selection!r}"
-        return f"{type(self).__name__}(W={self.beam_width}, K={budget}, L={boundary}{selection}, pair={self.pair!r})"
+        drafts = f", draft_tokens={self.draft_tokens}" if self.draft_tokens else ""
+        return (
+            f"{type(self).__name__}(W={self.beam_width}, K={budget}, L={boundary}{selection}{drafts}, "
+            f"pair={self.pair!r})"
+        )
 
     # ------------------------------------------------------------------ entry point from generate()
     @torch.no_grad()
