@@ -21,7 +21,7 @@ from transformers.generation.stopping_criteria import MaxLengthCriteria, StopStr
 
 from ._compat import accepts_position_ids, new_cache, select_cache_rows
 from .bridge import advance_texts
-from .drafting import speculative_choice
+from .drafting import commit_round, speculative_choice
 from .pairs import WeakPair
 from .policies import ChunkBoundary, SearchCost, token_stop
 from .row_processors import processors_for_rows
@@ -555,18 +555,11 @@ class DraftedModelSource(CandidateSource):
             kept, next_token = speculative_choice(
                 target, torch.stack(proposal, dim=1), drafts_t, greedy=False
             )
-            new = torch.cat([drafts_t, torch.zeros_like(drafts_t[:, :1])], dim=1)
-            new.scatter_(1, kept[:, None], next_token[:, None])  # kept drafts, the token, then junk
-            count = kept + 1
-            is_eos = torch.isin(new, self.eos) & (position[None, :] < count[:, None])
-            first_eos = torch.where(is_eos.any(-1), is_eos.long().argmax(-1) + 1, count)
-            count = torch.minimum(first_eos, room - taken).clamp(min=0)
-            count = torch.where(active, count, torch.zeros_like(count))
-            ended |= is_eos.any(-1) & (first_eos <= count) & (count > 0)
-            columns = self.written[:, None] + position[None, :]
-            writing = position[None, :] < count[:, None]
-            self.out.scatter_(1, columns, torch.where(writing, new, self.out.gather(1, columns)))
-            self.written += count
+            room_now = torch.where(active, room - taken, torch.zeros_like(taken))
+            new, count, wrote_eos = commit_round(
+                drafts_t, kept, next_token, self.eos, room_now, self.out, self.written
+            )
+            ended |= wrote_eos
             taken += count
             self.drafted += gamma * active.sum()
             # 4. Both sides keep exactly the committed tokens. The large cache keeps the fed last token

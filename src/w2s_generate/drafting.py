@@ -108,6 +108,48 @@ def residual_distribution(target: torch.Tensor, proposal: torch.Tensor) -> torch
     return kept + rejected * residual
 
 
+def commit_round(
+    drafts: torch.Tensor,
+    kept: torch.Tensor,
+    next_token: torch.Tensor,
+    eos: torch.Tensor,
+    room: torch.Tensor,
+    out: torch.Tensor,
+    written: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Write each row's tokens of one verified round into ``out``; ``written`` advances in place.
+
+    A row commits its kept drafts and the token after them, cut after its first EOS and at ``room``
+    (0 for a row that takes nothing this round).
+
+    Args:
+        drafts: ``[R, G]`` the drafted tokens.
+        kept: ``[R]`` leading drafts the large model kept.
+        next_token: ``[R]`` the token after them.
+        eos: ``[E]`` end-of-sequence ids.
+        room: ``[R]`` tokens each row may still take.
+        out: ``[R, W]`` response buffer (columns ``written ... written + G`` must exist).
+        written: ``[R]`` tokens already in ``out``.
+
+    Returns:
+        ``([R, G+1] the round's tokens, [R] tokens committed, [R] whether the row wrote an EOS)``.
+    """
+    gamma = drafts.shape[1]
+    position = torch.arange(gamma + 1, device=drafts.device)
+    new = torch.cat([drafts, torch.zeros_like(drafts[:, :1])], dim=1)
+    new.scatter_(1, kept[:, None], next_token[:, None])  # kept drafts, the token, then junk
+    count = kept + 1
+    is_eos = torch.isin(new, eos) & (position[None, :] < count[:, None])
+    first_eos = torch.where(is_eos.any(-1), is_eos.long().argmax(-1) + 1, count)
+    count = torch.minimum(first_eos, room).clamp(min=0)
+    wrote_eos = is_eos.any(-1) & (first_eos <= count) & (count > 0)
+    columns = written[:, None] + position[None, :]
+    writing = position[None, :] < count[:, None]
+    out.scatter_(1, columns, torch.where(writing, new, out.gather(1, columns)))
+    written += count
+    return new, count, wrote_eos
+
+
 def check_draftable(processors: LogitsProcessorList, stopping: StoppingCriteriaList) -> None:
     """Refuse, by name, what a drafted round cannot apply exactly at every drafted position."""
     for processor in processors:
@@ -180,6 +222,7 @@ def drafted_guidance(
     drafted = torch.zeros((), dtype=torch.long, device=device)
     accepted = torch.zeros((), dtype=torch.long, device=device)
     gamma = draft_tokens
+    position = torch.arange(gamma + 1, device=device)
     while True:
         # 1. Draft gamma tokens per row from the weak emulation of the target.
         guidance, proposal, drafts = [], [], []
@@ -213,22 +256,13 @@ def drafted_guidance(
         target = torch.softmax(target_scores, dim=-1)
         # 3. Keep the drafts the target accepts, then one more token from the target (or residual).
         kept, next_token = speculative_choice(target, torch.stack(proposal, dim=1), drafts_t, greedy)
-        new = torch.cat([drafts_t, torch.zeros_like(drafts_t[:, :1])], dim=1)
-        new.scatter_(1, kept[:, None], next_token[:, None])  # [R, G+1]: kept drafts, the token, junk
-        count = kept + 1
-        # EOS ends a row after it; the budget caps what is written.
-        position = torch.arange(gamma + 1, device=device)
-        is_eos = torch.isin(new, eos) & (position[None, :] < count[:, None])
-        first_eos = torch.where(is_eos.any(-1), is_eos.long().argmax(-1) + 1, count)
-        count = torch.minimum(first_eos, max_new_tokens - written)
-        count = torch.where(finished, torch.zeros_like(count), count)
-        columns = prompt_width + written[:, None] + position[None, :]
-        writing = position[None, :] < count[:, None]
-        out.scatter_(1, columns, torch.where(writing, new, out.gather(1, columns)))
+        # EOS ends a row after it; the budget caps what is written; finished rows write nothing.
+        room = torch.where(finished, torch.zeros_like(written), max_new_tokens - written)
         drafted += gamma * (~finished).sum()
+        _, count, wrote_eos = commit_round(
+            drafts_t, kept, next_token, eos, room, out[:, prompt_width:], written
+        )
         accepted += torch.minimum(kept, count).sum()
-        written = written + count
-        wrote_eos = is_eos.any(-1) & (first_eos <= count) & (count > 0)
         finished = finished | wrote_eos | (written >= max_new_tokens)
         if bool(finished.all()):  # the one host sync a round needs (replace_tail's aside)
             break
