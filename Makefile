@@ -4,15 +4,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
+# `make test` runs on the newest transformers/peft the pin in pyproject.toml allows, pinned so that a
+# new release cannot change what CI tests; `make test-min` runs on the lowest. Move both together.
+NEWEST_PINS ?= transformers==5.25.0 peft==0.21.2
+OLDEST_PINS ?= transformers==5.6.0 peft==0.18.0
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-min lint docs bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,serving,align]"
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)" $(NEWEST_PINS)
+	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,serving,align]" $(NEWEST_PINS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,8 +32,8 @@ MIN_VENV := .venv-min
 test-min:
 	$(PYTHON) -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
-	$(MIN_VENV)/bin/python -m pip install -q "$(TORCH_PIN)" "transformers==5.6.0" "peft==0.18.0"
-	$(MIN_VENV)/bin/python -m pip install -q -e ".[dev]"
+	$(MIN_VENV)/bin/python -m pip install -q "$(TORCH_PIN)" $(OLDEST_PINS)
+	$(MIN_VENV)/bin/python -m pip install -q -e ".[dev]" $(OLDEST_PINS)
 	$(MIN_VENV)/bin/python -m pytest -q -x -p no:cacheprovider -m "not slow" tests/test_scoring.py tests/test_processor.py tests/test_search.py tests/test_pairs.py tests/test_combined.py tests/test_policies.py
 
 lint: $(STAMP)

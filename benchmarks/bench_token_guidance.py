@@ -64,6 +64,7 @@ from _models import PROMPTS, SIZES, describe, make_model, make_tokenizer, n_para
 from peft import LoraConfig, get_peft_model
 
 import w2s_generate as w2s
+from w2s_generate._compat import forward_with_cache  # the cache keyword of this transformers
 
 LORA_TARGETS = {"gpt2": ["c_attn", "c_proj"], "llama": ["q_proj", "v_proj"]}
 
@@ -85,14 +86,7 @@ def pair_forwards(models: list, inputs: dict, new_tokens: int) -> None:
     step_ids, positions = inputs["input_ids"], _positions(mask)
     for _ in range(new_tokens + 1):
         outs = [
-            model(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            forward_with_cache(model, step_ids, mask, cache, position_ids=positions, logits_to_keep=1)
             for model, cache in zip(models, caches)
         ]
         step_ids = outs[0].logits[:, -1].argmax(-1, keepdim=True)
@@ -115,14 +109,7 @@ def proxy_tuning(
     step_ids, positions = ids, _positions(mask)
     for _ in range(new_tokens):
         logits = [
-            m(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=c,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1]
+            forward_with_cache(m, step_ids, mask, c, position_ids=positions, logits_to_keep=1).logits[:, -1]
             for m, c in zip(models, caches)
         ]
         scores = logits[0] + alpha * (logits[1] - logits[2])

@@ -6,7 +6,9 @@ Each helper says when it can go. The rest of the package uses only public APIs a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import inspect
 import threading
 import weakref
 from collections.abc import Iterator
@@ -17,6 +19,86 @@ from transformers import DynamicCache, PreTrainedModel
 
 class W2SWarning(UserWarning):
     """Warnings raised by w2s_generate (the test suite turns them into errors)."""
+
+
+def base_model(model: torch.nn.Module) -> PreTrainedModel:
+    """The transformers model under a peft wrapper (``model`` itself when it is not wrapped)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+@functools.cache
+def _cache_keyword_of(model_class: type) -> str:
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name under which ``model``'s forward takes its KV cache.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40);
+    earlier releases and remote-code models written for them take ``past_key_values``. Read from the
+    forward's signature, so both work. Can go once 5.24 is the floor.
+    """
+    return _cache_keyword_of(type(base_model(model)))
+
+
+def cache_in_forward_kwargs(kwargs: dict) -> DynamicCache | None:
+    """The KV cache among a forward's keyword arguments, under either name (see ``cache_keyword``)."""
+    cache = kwargs.get("cache")
+    return cache if cache is not None else kwargs.get("past_key_values")
+
+
+def forward_with_cache(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cache: DynamicCache,
+    *,
+    position_ids: torch.Tensor | None = None,
+    logits_to_keep: int | None = None,
+    **extra,
+):
+    """One forward of ``model`` from ``cache`` (updated in place); returns the model's output.
+
+    ``[R, T]`` ids and positions, ``[R, P + T]`` mask over the cached and the fed tokens. The cache goes
+    under the keyword this transformers version names (``cache_keyword``); ``position_ids`` and
+    ``logits_to_keep`` are passed only when given.
+    """
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": True, **extra}
+    kwargs[cache_keyword(model)] = cache
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    if logits_to_keep is not None:
+        kwargs["logits_to_keep"] = logits_to_keep
+    return model(**kwargs)
+
+
+def token_id_list(value) -> list[int]:
+    """A token-id setting as generate takes it (None, an int, a list or a tensor) as a list of ints."""
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        return [int(v) for v in value.flatten().tolist()]
+    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def eos_token_ids(config) -> list[int]:
+    """A generation config's ``eos_token_id`` as a list of ints."""
+    return token_id_list(config.eos_token_id)
+
+
+def pad_token_id(config) -> int:
+    """A generation config's pad id, else its first EOS id (as generate pads), else 0."""
+    if config.pad_token_id is not None:
+        return int(config.pad_token_id)
+    eos = eos_token_ids(config)
+    return eos[0] if eos else 0
+
+
+def is_view(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` shares storage with another (generate hands processors views of its buffer)."""
+    return tensor._base is not None
 
 
 def new_cache(model: PreTrainedModel) -> DynamicCache:
@@ -37,15 +119,11 @@ def select_cache_rows(cache: DynamicCache, index: torch.Tensor) -> None:
 
 def accepts_position_ids(model: PreTrainedModel) -> bool:
     """Whether ``model.forward`` takes ``position_ids`` (every decoder-only LM in transformers 5 does)."""
-    import inspect
-
     return "position_ids" in inspect.signature(model.forward).parameters
 
 
 def accepts_logits_to_keep(model: PreTrainedModel) -> bool:
     """Whether ``model.forward`` can skip the logits of all but the last positions."""
-    import inspect
-
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
@@ -112,26 +190,104 @@ def guarded_mixed_adapter_forward(model: torch.nn.Module) -> Iterator[None]:
             raise
 
 
-#: generate's sampling warpers: they read the scores only, never the ids.
-SAMPLING_WARPER_NAMES = frozenset(
-    {
-        "TemperatureLogitsWarper",
-        "TopHLogitsWarper",
-        "TopKLogitsWarper",
-        "TopPLogitsWarper",
-        "MinPLogitsWarper",
-        "TypicalLogitsWarper",
-        "EpsilonLogitsWarper",
-        "EtaLogitsWarper",
-    }
-)
-#: The processors generate appends after a user's ``logits_processor=`` entries (transformers
-#: ``_get_logits_processor``): the sampling warpers, watermarking, and ``renormalize_logits``.
-TRAILING_PROCESSOR_NAMES = SAMPLING_WARPER_NAMES | {
-    "WatermarkLogitsProcessor",
-    "SynthIDTextWatermarkLogitsProcessor",
-    "LogitNormalization",
+@dataclasses.dataclass(frozen=True)
+class ProcessorTraits:
+    """What the project needs to know of one of transformers' logits processors (by class name).
+
+    Attributes:
+        rows: how a search applies it to its own rows: ``"as is"``, ``"per prompt"`` (re-made per
+            prompt) or ``"refused"``.
+        refusal: why it is refused (for the error message), when ``rows == "refused"``.
+        scores_only: it reads the scores only, never the ids, so a drafted round can apply it at every
+            drafted position.
+        trailing: generate appends it after a user's ``logits_processor=`` entries
+            (transformers ``_get_logits_processor``).
+        reads_width: the generate option it comes from, when it reads a row's length from the batch
+            width.
+    """
+
+    rows: str = "as is"
+    refusal: str = ""
+    scores_only: bool = False
+    trailing: bool = False
+    reads_width: str = ""
+
+
+_WARPER = ProcessorTraits(scores_only=True, trailing=True)
+_MODEL_OWN = "it is {}'s own"
+
+#: The one table of transformers' processors by class name (transformers 5.6-5.25). A processor not
+#: listed here sees the search's rows as is.
+PROCESSOR_TRAITS: dict[str, ProcessorTraits] = {
+    # generate's sampling warpers: scores only, after the user's processors.
+    "TemperatureLogitsWarper": _WARPER,
+    "TopHLogitsWarper": _WARPER,
+    "TopKLogitsWarper": _WARPER,
+    "TopPLogitsWarper": _WARPER,
+    "MinPLogitsWarper": _WARPER,
+    "TypicalLogitsWarper": _WARPER,
+    "EpsilonLogitsWarper": _WARPER,
+    "EtaLogitsWarper": _WARPER,
+    "LogitNormalization": _WARPER,
+    "WatermarkLogitsProcessor": ProcessorTraits(trailing=True),
+    "SynthIDTextWatermarkLogitsProcessor": ProcessorTraits(
+        rows="refused", refusal="it keeps watermark state per generate row", trailing=True
+    ),
+    # Each row's own ids and scores only.
+    "MinLengthLogitsProcessor": ProcessorTraits(reads_width="min_length"),
+    "MinNewTokensLengthLogitsProcessor": ProcessorTraits(reads_width="min_new_tokens"),
+    "ExponentialDecayLengthPenalty": ProcessorTraits(reads_width="exponential_decay_length_penalty"),
+    "NoRepeatNGramLogitsProcessor": ProcessorTraits(),
+    "SequenceBiasLogitsProcessor": ProcessorTraits(),
+    "NoBadWordsLogitsProcessor": ProcessorTraits(),
+    "ForcedBOSTokenLogitsProcessor": ProcessorTraits(),
+    "ForcedEOSTokenLogitsProcessor": ProcessorTraits(),
+    "InfNanRemoveLogitsProcessor": ProcessorTraits(),
+    "SuppressTokensAtBeginLogitsProcessor": ProcessorTraits(),
+    "SuppressTokensLogitsProcessor": ProcessorTraits(),
+    # Tied to generate's row layout: re-made per prompt.
+    "RepetitionPenaltyLogitsProcessor": ProcessorTraits(rows="per prompt"),
+    "PrefixConstrainedLogitsProcessor": ProcessorTraits(rows="per prompt"),
+    # Tied to generate's own rows or to another model.
+    "ClassifierFreeGuidanceLogitsProcessor": ProcessorTraits(
+        rows="refused", refusal="it expects the batch doubled with unconditional rows"
+    ),
+    "UnbatchedClassifierFreeGuidanceLogitsProcessor": ProcessorTraits(
+        rows="refused", refusal="it runs its own model with a cache per generate row"
+    ),
+    "EncoderRepetitionPenaltyLogitsProcessor": ProcessorTraits(
+        rows="refused", refusal="it reads an encoder's input ids (encoder-decoder models only)"
+    ),
+    "EncoderNoRepeatNGramLogitsProcessor": ProcessorTraits(
+        rows="refused", refusal="it reads an encoder's input ids (encoder-decoder models only)"
+    ),
+    "WhisperTimeStampLogitsProcessor": ProcessorTraits(rows="refused", refusal=_MODEL_OWN.format("Whisper")),
+    "WhisperNoSpeechDetection": ProcessorTraits(rows="refused", refusal=_MODEL_OWN.format("Whisper")),
+    "AlternatingCodebooksLogitsProcessor": ProcessorTraits(rows="refused", refusal=_MODEL_OWN.format("Bark")),
+    "BarkEosPrioritizerLogitsProcessor": ProcessorTraits(rows="refused", refusal=_MODEL_OWN.format("Bark")),
+    "DiaClassifierFreeGuidanceLogitsProcessor": ProcessorTraits(
+        rows="refused", refusal=_MODEL_OWN.format("Dia")
+    ),
+    "DiaEOSChannelFilterLogitsProcessor": ProcessorTraits(rows="refused", refusal=_MODEL_OWN.format("Dia")),
+    "DiaEOSDelayPatternLogitsProcessor": ProcessorTraits(rows="refused", refusal=_MODEL_OWN.format("Dia")),
 }
+
+#: generate's stopping criteria a drafted round keeps exactly (EOS and the length budget).
+DRAFTABLE_CRITERIA = frozenset({"MaxLengthCriteria", "EosTokenCriteria"})
+
+
+def processor_traits(processor) -> ProcessorTraits:
+    """The traits of one processor: the table's entry for transformers' own, the defaults otherwise."""
+    from transformers.generation import logits_process
+
+    if type(processor).__module__ != logits_process.__name__:
+        return ProcessorTraits()  # a user's processor sees the search's rows as is
+    return PROCESSOR_TRAITS.get(type(processor).__name__, ProcessorTraits())
+
+
+def prefix_allowed_tokens_fn(processor):
+    """The user's function inside transformers' ``PrefixConstrainedLogitsProcessor`` (a private field)."""
+    return processor._prefix_allowed_tokens_fn
 
 
 def run_builtin_decoding(

@@ -19,7 +19,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StopStringCriteria
 
-from ._compat import accepts_position_ids, new_cache, select_cache_rows
+from ._compat import accepts_position_ids, forward_with_cache, new_cache, select_cache_rows
 from .bridge import advance_texts
 from .drafting import commit_round, speculative_choice
 from .pairs import WeakPair
@@ -174,15 +174,16 @@ class LocalModelSource(CandidateSource):
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         """``[R, T] -> [R, V]`` next-token logits after feeding ``ids`` (the mask already covers them)."""
-        kwargs = {
-            "input_ids": ids,
-            "attention_mask": self.mask,
-            "past_key_values": self.cache,
-            "use_cache": True,
-        }
-        if self.uses_position_ids:
-            kwargs["position_ids"] = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-        return self.model(**kwargs, logits_to_keep=1).logits[:, -1].float()
+        positions = (
+            (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :] if self.uses_position_ids else None
+        )
+        return (
+            forward_with_cache(
+                self.model, ids, self.mask, self.cache, position_ids=positions, logits_to_keep=1
+            )
+            .logits[:, -1]
+            .float()
+        )
 
     def _count_forward(self) -> None:
         """One large-model forward for every prompt that has a row in it."""
@@ -478,16 +479,9 @@ class DraftedModelSource(CandidateSource):
         self.cache = new_cache(model)
         if width > 1:
             self._count_forward()
-            kwargs = (
-                {"position_ids": (mask[:, :-1].cumsum(-1) - 1).clamp(min=0)} if self.uses_position_ids else {}
-            )
-            model(
-                input_ids=prompt_ids[:, :-1],
-                attention_mask=mask[:, :-1],
-                past_key_values=self.cache,
-                use_cache=True,
-                logits_to_keep=1,
-                **kwargs,
+            positions = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0) if self.uses_position_ids else None
+            forward_with_cache(
+                model, prompt_ids[:, :-1], mask[:, :-1], self.cache, position_ids=positions, logits_to_keep=1
             )
         self.cache_mask = mask[:, :-1]
         self.last = prompt_ids[:, -1]
@@ -514,10 +508,8 @@ class DraftedModelSource(CandidateSource):
 
     def _forward(self, fed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[R, G+1] -> [R, G+1, V]`` the large model's logits at every fed position."""
-        kwargs = {"input_ids": fed, "attention_mask": mask, "past_key_values": self.cache, "use_cache": True}
-        if self.uses_position_ids:
-            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, -fed.shape[1] :]
-        return self.model(**kwargs).logits.float()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -fed.shape[1] :] if self.uses_position_ids else None
+        return forward_with_cache(self.model, fed, mask, self.cache, position_ids=positions).logits.float()
 
     def sample(self) -> SampledChunks:
         gamma, rows = self.gamma, self.last.shape[0]

@@ -1098,8 +1098,9 @@ def _response_ids(row: list[int], eos_ids: set[int], pad_id: int | None) -> list
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    from ._compat import eos_token_ids
+
+    eos = eos_token_ids(model.generation_config)
     if tokenizer.eos_token_id is not None:
         eos.append(tokenizer.eos_token_id)
     return set(eos)

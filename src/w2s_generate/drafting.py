@@ -23,12 +23,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 from transformers.utils import ModelOutput
 
-from ._compat import SAMPLING_WARPER_NAMES, accepts_position_ids, new_cache
-
-#: generate's processors a drafted round can apply at every position: they read scores only.
-DRAFTABLE_PROCESSORS = SAMPLING_WARPER_NAMES | {"LogitNormalization"}
-#: generate's stopping criteria a drafted round keeps exactly (EOS and the length budget).
-DRAFTABLE_CRITERIA = frozenset({"MaxLengthCriteria", "EosTokenCriteria"})
+from ._compat import DRAFTABLE_CRITERIA, accepts_position_ids, forward_with_cache, new_cache, processor_traits
 
 
 @dataclass
@@ -153,7 +148,7 @@ def commit_round(
 def check_draftable(processors: LogitsProcessorList, stopping: StoppingCriteriaList) -> None:
     """Refuse, by name, what a drafted round cannot apply exactly at every drafted position."""
     for processor in processors:
-        if type(processor).__name__ not in DRAFTABLE_PROCESSORS:
+        if not processor_traits(processor).scores_only:
             raise ValueError(
                 f"draft_tokens cannot apply {type(processor).__name__}: drafted rounds support the sampling "
                 "warpers (temperature, top_k, top_p, min_p, typical_p, epsilon/eta cutoffs) only. Drop that "
@@ -201,12 +196,12 @@ def drafted_guidance(
     cache = new_cache(model)
     large_forwards = 0
     if prompt_width > 1:
-        model(
-            input_ids=input_ids[:, :-1],
-            attention_mask=mask[:, :-1],
+        forward_with_cache(
+            model,
+            input_ids[:, :-1],
+            mask[:, :-1],
+            cache,
             position_ids=(mask[:, :-1].cumsum(-1) - 1).clamp(min=0) if uses_positions else None,
-            past_key_values=cache,
-            use_cache=True,
             logits_to_keep=1,
         )
         large_forwards += 1
@@ -241,12 +236,8 @@ def drafted_guidance(
         fed = torch.cat([last[:, None], drafts_t], dim=1)  # [R, G+1]
         forward_mask = torch.cat([cache_mask, torch.ones_like(fed)], dim=1)
         positions = (forward_mask.cumsum(-1) - 1).clamp(min=0)[:, -fed.shape[1] :]
-        logits = model(
-            input_ids=fed,
-            attention_mask=forward_mask,
-            position_ids=positions if uses_positions else None,
-            past_key_values=cache,
-            use_cache=True,
+        logits = forward_with_cache(
+            model, fed, forward_mask, cache, position_ids=positions if uses_positions else None
         ).logits.float()  # [R, G+1, V]
         large_forwards += 1
         logprobs = torch.log_softmax(logits, dim=-1)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ._compat import token_id_list
 from .combined import PromptPair
 from .pairs import Prompt
 
@@ -111,8 +112,7 @@ def write_for_prompts(
     out = model.generate(**encoded, **settings)
     width = encoded["input_ids"].shape[1]
     generated = out[:, width:].tolist()
-    eos = settings.get("eos_token_id", model.generation_config.eos_token_id)
-    eos = set([] if eos is None else [eos] if isinstance(eos, int) else eos)
+    eos = set(token_id_list(settings.get("eos_token_id", model.generation_config.eos_token_id)))
     counts = [next((i + 1 for i, t in enumerate(row) if t in eos), len(row)) for row in generated]
     decoded = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return [t.strip() for t in decoded], counts

@@ -11,7 +11,7 @@ import functools
 import torch
 from transformers import LogitsProcessorList
 
-from ._compat import TRAILING_PROCESSOR_NAMES, run_builtin_decoding
+from ._compat import eos_token_ids, pad_token_id, processor_traits, run_builtin_decoding
 from .pairs import WeakPair
 from .processor import WeakToStrongLogitsProcessor, check_shared_vocabulary
 from .strategy import Strategy, check_prompt_rows
@@ -128,9 +128,7 @@ def _drafted_call(
             "draft_tokens does not stream nor stop at stop strings; drop streamer=/stop_strings=."
         )
     check_draftable(logits_processor, stopping_criteria)
-    eos = config.eos_token_id
-    eos_ids = [] if eos is None else [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
-    pad = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    eos_ids = eos_token_ids(config)
     out = drafted_guidance(
         model,
         input_ids,
@@ -142,7 +140,7 @@ def _drafted_call(
         strategy.draft_tokens,
         max(config.max_length - input_ids.shape[1], 0),
         eos_ids,
-        int(pad),
+        pad_token_id(config),
         greedy=not config.do_sample,
     )
     return out if config.return_dict_in_generate else out.sequences
@@ -159,7 +157,7 @@ def insert_before_warpers(processors: LogitsProcessorList, processor) -> LogitsP
         ['RepetitionPenaltyLogitsProcessor', 'str', 'TemperatureLogitsWarper']
     """
     position = len(processors)
-    while position > 0 and type(processors[position - 1]).__name__ in TRAILING_PROCESSOR_NAMES:
+    while position > 0 and processor_traits(processors[position - 1]).trailing:
         position -= 1
     return LogitsProcessorList([*processors[:position], processor, *processors[position:]])
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from ._compat import base_model
 from .scoring import GuidanceState, Side, right_pad
 
 Message = Mapping[str, str]
@@ -25,13 +26,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS_SAFE = "adapter_model.safetensors"
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 def _check_causal_lm(model: torch.nn.Module, role: str) -> None:
-    config = getattr(_unwrap(model), "config", None)
+    config = getattr(base_model(model), "config", None)
     if config is None:
         raise TypeError(f"{role} must be a transformers causal LM; got {type(model).__name__}.")
     if getattr(config, "is_encoder_decoder", False):
@@ -41,7 +37,7 @@ def _check_causal_lm(model: torch.nn.Module, role: str) -> None:
 
 
 def _vocab_rows(model: torch.nn.Module) -> int:
-    return int(_unwrap(model).get_output_embeddings().weight.shape[0])
+    return int(base_model(model).get_output_embeddings().weight.shape[0])
 
 
 def clearly_not_its_tokenizer(tokens: int, rows: int) -> bool:
@@ -153,7 +149,7 @@ class WeakPair:
 
     @staticmethod
     def _check_same_placement(*models: torch.nn.Module) -> None:
-        params = [next(_unwrap(m).parameters()) for m in models]
+        params = [next(base_model(m).parameters()) for m in models]
         devices = {p.device for p in params}
         if len(devices) > 1:
             raise ValueError(
@@ -357,7 +353,7 @@ class WeakPair:
 
     def __repr__(self) -> str:
         kinds = ", ".join(
-            f"{type(_unwrap(s.model)).__name__}" + (f"[{s.adapter_name}]" if s.adapter_name else "")
+            f"{type(base_model(s.model)).__name__}" + (f"[{s.adapter_name}]" if s.adapter_name else "")
             for s in self.sides
         )
         return f"{type(self).__name__}({kinds})"

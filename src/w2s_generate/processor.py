@@ -8,6 +8,7 @@ import numbers
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
+from ._compat import is_view
 from .pairs import WeakPair
 from .scoring import GuidanceState
 
@@ -176,7 +177,7 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
         self.state.step(input_ids[:, -1])
         # generate's sampling loop makes a new tensor each step; beam search hands a view of a
         # buffer it writes on in place, which must be copied.
-        self._seen = input_ids if input_ids._base is None else input_ids.clone()
+        self._seen = input_ids.clone() if is_view(input_ids) else input_ids
 
     def _start(self, input_ids: torch.Tensor) -> None:
         if self._prompt_mask is not None and self._prompt_mask.shape == input_ids.shape:

@@ -23,51 +23,8 @@ from collections.abc import Callable
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
-from transformers.generation import logits_process as lp
 
-# Transformers' processors that read only each row's own ids and scores.
-_ROW_AGNOSTIC = {
-    "MinLengthLogitsProcessor",
-    "MinNewTokensLengthLogitsProcessor",
-    "TemperatureLogitsWarper",
-    "TopPLogitsWarper",
-    "TopKLogitsWarper",
-    "TopHLogitsWarper",
-    "MinPLogitsWarper",
-    "TypicalLogitsWarper",
-    "EpsilonLogitsWarper",
-    "EtaLogitsWarper",
-    "NoRepeatNGramLogitsProcessor",
-    "SequenceBiasLogitsProcessor",
-    "NoBadWordsLogitsProcessor",
-    "ForcedBOSTokenLogitsProcessor",
-    "ForcedEOSTokenLogitsProcessor",
-    "InfNanRemoveLogitsProcessor",
-    "ExponentialDecayLengthPenalty",
-    "LogitNormalization",
-    "SuppressTokensAtBeginLogitsProcessor",
-    "SuppressTokensLogitsProcessor",
-    "WatermarkLogitsProcessor",
-}
-# Transformers' processors whose state is tied to generate's own rows or to another model.
-_REFUSED = {
-    "ClassifierFreeGuidanceLogitsProcessor": "it expects the batch doubled with unconditional rows",
-    "UnbatchedClassifierFreeGuidanceLogitsProcessor": "it runs its own model with a cache per generate row",
-    "SynthIDTextWatermarkLogitsProcessor": "it keeps watermark state per generate row",
-    "EncoderRepetitionPenaltyLogitsProcessor": "it reads an encoder's input ids (encoder-decoder models only)",
-    "EncoderNoRepeatNGramLogitsProcessor": "it reads an encoder's input ids (encoder-decoder models only)",
-    "WhisperTimeStampLogitsProcessor": "it is Whisper's own",
-    "WhisperNoSpeechDetection": "it is Whisper's own",
-    "AlternatingCodebooksLogitsProcessor": "it is Bark's own",
-    "BarkEosPrioritizerLogitsProcessor": "it is Bark's own",
-    "DiaClassifierFreeGuidanceLogitsProcessor": "it is Dia's own",
-    "DiaEOSChannelFilterLogitsProcessor": "it is Dia's own",
-    "DiaEOSDelayPatternLogitsProcessor": "it is Dia's own",
-}
-
-
-def _is_transformers_processor(processor: LogitsProcessor) -> bool:
-    return type(processor).__module__ == lp.__name__
+from ._compat import prefix_allowed_tokens_fn, processor_traits
 
 
 def check_processors(processors: LogitsProcessorList, strategy_name: str) -> None:
@@ -76,7 +33,7 @@ def check_processors(processors: LogitsProcessorList, strategy_name: str) -> Non
         name = type(processor).__name__
         if classify(processor) == "refused":
             raise ValueError(
-                f"{strategy_name} cannot apply generate()'s {name}: {_REFUSED[name]}, and the search holds "
+                f"{strategy_name} cannot apply generate()'s {name}: {processor_traits(processor).refusal}, and the search holds "
                 "rows of its own. Drop that setting, or use w2s.TokenGuidance, which runs inside "
                 "transformers' own decoding loop."
             )
@@ -137,17 +94,7 @@ def classify(processor: LogitsProcessor) -> str:
         >>> classify(TopKLogitsWarper(50)), classify(RepetitionPenaltyLogitsProcessor(1.2))
         ('as is', 'per prompt')
     """
-    name = type(processor).__name__
-    if not _is_transformers_processor(processor) or name in _ROW_AGNOSTIC:
-        return "as is"
-    if name in _PER_PROMPT:
-        return "per prompt"
-    if name in _REFUSED:
-        return "refused"
-    return "as is"  # a processor newer than this list: it sees the search's rows
-
-
-_PER_PROMPT = {"RepetitionPenaltyLogitsProcessor", "PrefixConstrainedLogitsProcessor"}
+    return processor_traits(processor).rows
 
 
 def processors_for_rows(
@@ -191,7 +138,7 @@ def processors_for_rows(
             remade.prompt_ignore_length = lengths[index]
             rows.append(remade)
         elif name == "PrefixConstrainedLogitsProcessor":
-            rows.append(PrefixConstraintForRows(processor._prefix_allowed_tokens_fn, prompt_of_row))
+            rows.append(PrefixConstraintForRows(prefix_allowed_tokens_fn(processor), prompt_of_row))
         else:
             rows.append(processor)
     return LogitsProcessorList(rows)

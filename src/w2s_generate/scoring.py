@@ -19,11 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import PreTrainedModel
 
 from ._compat import (
     accepts_logits_to_keep,
     accepts_position_ids,
+    base_model,
+    forward_with_cache,
     guarded_mixed_adapter_forward,
     new_cache,
     select_cache_rows,
@@ -82,13 +83,8 @@ class _Group:
     last_logp: torch.Tensor | None = None  # [S_g*N, V] log-probs of the next token
 
 
-def _base_model(model: torch.nn.Module) -> PreTrainedModel:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 def _max_positions(model: torch.nn.Module) -> int | None:
-    config = _base_model(model).config
+    config = base_model(model).config
     # Only absolute learned position tables are a hard limit; rotary models degrade but still run.
     if getattr(config, "model_type", "") in {"gpt2", "gpt_neo", "opt", "gptj", "bloom", "codegen"}:
         return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -97,7 +93,7 @@ def _max_positions(model: torch.nn.Module) -> int | None:
 
 def _sliding_window(model: torch.nn.Module) -> int | None:
     """The attention window of a sliding-window model (Mistral, Qwen2 with it on, Gemma 2/3), else None."""
-    config = _base_model(model).config
+    config = base_model(model).config
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
     if not window or not getattr(config, "use_sliding_window", True):
@@ -181,7 +177,7 @@ class GuidanceState:
             raise ValueError(f"prompt_ids holds {len(prompt_ids)} sides' prompts for {len(sides)} sides.")
         if not prompt_ids[0]:
             raise ValueError("prompt_ids is empty: give at least one prompt.")
-        device = _base_model(sides[0].model).device
+        device = base_model(sides[0].model).device
         state = cls(
             sides=sides,
             coefficients=torch.tensor(list(coefficients), dtype=torch.float32, device=device),
@@ -196,8 +192,8 @@ class GuidanceState:
                     model=side.model,
                     side_indices=[],
                     adapter_names=None,
-                    uses_position_ids=accepts_position_ids(_base_model(side.model)),
-                    keeps_logits=accepts_logits_to_keep(_base_model(side.model)),
+                    uses_position_ids=accepts_position_ids(base_model(side.model)),
+                    keeps_logits=accepts_logits_to_keep(base_model(side.model)),
                     max_positions=_max_positions(side.model),
                     sliding_window=_sliding_window(side.model),
                 )
@@ -220,7 +216,7 @@ class GuidanceState:
             group.side_rows = torch.as_tensor(group.side_indices, device=device)
             group.longest = mask.shape[1]
             state._check_length(group, group.longest, exact=True)
-            group.cache = new_cache(_base_model(group.model))
+            group.cache = new_cache(base_model(group.model))
             logits = state._forward(group, ids, mask, last_only=True)
             group.mask, group.ids = mask, ids
             group.token_logp = torch.zeros(ids.shape, dtype=torch.float32, device=device)
@@ -467,7 +463,7 @@ class GuidanceState:
         gaps = (started & still_to_come & ~attended).any(-1)
         span = mask.shape[1] - attended.long().argmax(-1)
         if bool((gaps & (span > group.sliding_window)).any()):
-            name = type(_base_model(group.model)).__name__
+            name = type(base_model(group.model)).__name__
             raise ValueError(
                 f"The weak model ({name}) uses sliding-window attention (window {group.sliding_window}) and a row "
                 f"now spans {int(span[gaps].max())} cache positions with masked gaps (from re-tokenized text across "
@@ -490,20 +486,15 @@ class GuidanceState:
         width = ids.shape[1]
         if group.sliding_window is not None:
             self._check_window(group, mask)
+        if group.uses_position_ids and positions is None:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
         kwargs: dict = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "past_key_values": group.cache,
-            "use_cache": True,
+            "position_ids": positions if group.uses_position_ids else None,
+            "logits_to_keep": 1 if last_only and group.keeps_logits else None,
         }
-        if group.uses_position_ids:
-            kwargs["position_ids"] = (
-                positions if positions is not None else (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
-            )
-        if last_only and group.keeps_logits:
-            kwargs["logits_to_keep"] = 1
         if group.adapter_names is not None:
-            kwargs["adapter_names"] = group.adapter_names
             with guarded_mixed_adapter_forward(group.model):
-                return group.model(**kwargs).logits
-        return group.model(**kwargs).logits
+                return forward_with_cache(
+                    group.model, ids, mask, group.cache, adapter_names=group.adapter_names, **kwargs
+                ).logits
+        return forward_with_cache(group.model, ids, mask, group.cache, **kwargs).logits

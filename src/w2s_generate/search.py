@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteriaList
 
+from ._compat import eos_token_ids, pad_token_id, processor_traits
 from .bridge import TextBridge
 from .candidates import (
     CandidateSource,
@@ -300,7 +301,7 @@ class ChunkBeamSearch(Strategy):
                 logits_processor,
                 stopping_criteria,
                 config,
-                _pad_token_id(config),
+                pad_token_id(config),
                 self.boundary,
                 max_new,
                 self.beam_width * self.budget.max_successors,
@@ -316,7 +317,7 @@ class ChunkBeamSearch(Strategy):
                 rows.append(prompt_ids[b].tolist() + response)
                 scores.append(score)
         width = max(len(r) for r in rows)
-        sequences = torch.full((len(rows), width), _pad_token_id(config), dtype=torch.long)
+        sequences = torch.full((len(rows), width), pad_token_id(config), dtype=torch.long)
         for i, r in enumerate(rows):
             sequences[i, : len(r)] = torch.tensor(r)
         if stream is not None:
@@ -499,15 +500,13 @@ class ChunkBeamSearch(Strategy):
         coefficients = self.pair.coefficients
         pick = max if self.draft_from == "tuned" else min
         side = pick(range(len(coefficients)), key=lambda s: coefficients[s])
-        eos = config.eos_token_id
-        eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         return DraftedModelSource(
             model,
             prompt_ids,
             mask,
             processors,
-            eos_ids,
-            _pad_token_id(config),
+            eos_token_ids(config),
+            pad_token_id(config),
             self.boundary.max_tokens or max_new or 1,
             max_new,
             state,
@@ -531,13 +530,13 @@ class ChunkBeamSearch(Strategy):
             return
         for processor in processors:
             name = type(processor).__name__
-            by_width = name in _WIDTH_PROCESSORS
+            option = processor_traits(processor).reads_width
             by_prompt_width = name == "RepetitionPenaltyLogitsProcessor" and (
                 getattr(processor, "prompt_ignore_length", None) is not None
             )
-            if by_width or by_prompt_width:
+            if option or by_prompt_width:
                 raise ValueError(
-                    f"{name} ({_WIDTH_PROCESSORS.get(name, 'repetition_penalty ignoring the prompt')}) reads a "
+                    f"{name} ({option or 'repetition_penalty ignoring the prompt'}) reads a "
                     "row's length from the batch width, which chunks that end at stop strings or tokens make "
                     "unequal: use a fixed chunk_length with it, or drop it."
                 )
@@ -604,14 +603,6 @@ class BestOfN(ChunkBeamSearch):
 
     def __repr__(self) -> str:
         return f"BestOfN(n={self.n}, pair={self.pair!r})"
-
-
-#: Processors that read a row's length from the batch width (refused when chunks end early).
-_WIDTH_PROCESSORS = {
-    "MinLengthLogitsProcessor": "min_length",
-    "MinNewTokensLengthLogitsProcessor": "min_new_tokens",
-    "ExponentialDecayLengthPenalty": "exponential_decay_length_penalty",
-}
 
 
 def select_hypotheses(
@@ -701,15 +692,6 @@ def _best(pools: list[_Pool], n_return: int) -> list[list[tuple[float, list[int]
 
 def _key(response: list[int] | str):
     return response if isinstance(response, str) else tuple(response)
-
-
-def _pad_token_id(config: GenerationConfig) -> int:
-    if config.pad_token_id is not None:
-        return int(config.pad_token_id)
-    eos = config.eos_token_id
-    if isinstance(eos, (list, tuple)):
-        eos = eos[0] if eos else None
-    return int(eos) if eos is not None else 0
 
 
 class _Streamer:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .._compat import cache_in_forward_kwargs
 from ..generate import TokenGuidance
 from ..pairs import WeakPair
 from ..search import BestOfN, ChunkBeamSearch
@@ -48,15 +49,19 @@ class MethodResult:
 
 
 class _TokenCounter:
-    """Counts the rows x tokens a model forwards after the prefill (one forward hook)."""
+    """Counts the rows x tokens a model forwards after the prefill (one forward pre-hook).
+
+    A pre-hook, because the forward fills the cache in place: afterwards the prefill's cache is no
+    longer empty.
+    """
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.tokens = 0
-        self._handle = model.register_forward_hook(self._hook, with_kwargs=True)
+        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, module, args, kwargs, output) -> None:
+    def _hook(self, module, args, kwargs) -> None:
         ids = kwargs.get("input_ids")
-        cache = kwargs.get("past_key_values")
+        cache = cache_in_forward_kwargs(kwargs)
         if ids is not None and cache is not None and cache.get_seq_length() > 0:
             self.tokens += ids.numel()
 
