@@ -9,9 +9,11 @@ tokenizer, and its ``adapter_config.json`` records the base model, so that
 
 is the weak pair (or ``w2s-generate generate --adapter OUT_DIR ...`` on the command line).
 
-Prompts are encoded exactly as the pair encodes them when it scores: through the tokenizer's chat
-template when it has one (text prompts as one user message), otherwise as plain text with the
-tokenizer's special tokens; responses without special tokens, followed by end-of-sequence.
+Prompts are encoded by the package's one rule (``w2s_generate.prompt_format.encode_prompt``), the
+one the pair scores with: through the tokenizer's chat template when it has one (text prompts as one
+user message), or raw with ``--no-chat-template``; responses without special tokens, followed by
+end-of-sequence. The choice is recorded next to the adapter (``w2s_prompt_format.json``), and
+``WeakPair.from_pretrained(OUT_DIR)`` reads prompts the same way.
 
 Example:
     python examples/train_weak_lora.py --base gpt2 --data preferred.jsonl --out weak-lora
@@ -31,6 +33,8 @@ from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
+
+from w2s_generate.prompt_format import encode_prompt, resolve_chat_template, write_prompt_format
 
 IGNORE = -100  # label of the tokens without loss (prompt, padding)
 
@@ -101,19 +105,6 @@ def read_examples(path: Path, fmt: str) -> list[tuple[object | None, str]]:
     return examples
 
 
-def encode_prompt(tokenizer, prompt, use_chat_template: bool) -> list[int]:
-    """The prompt's ids as ``WeakPair.encode_prompt`` (and ``w2s-generate``) will see them."""
-    if use_chat_template:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if not isinstance(prompt, str):
-        raise ValueError(
-            "a prompt is a list of chat messages but no chat template is used: give text prompts"
-        )
-    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"]) if prompt else []
-
-
 def encode_examples(examples, tokenizer, max_length: int, use_chat_template: bool) -> list[tuple[list, list]]:
     """``(input_ids, labels)`` per example, labels ``IGNORE`` on the prompt; at most ``max_length`` tokens."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -123,7 +114,7 @@ def encode_examples(examples, tokenizer, max_length: int, use_chat_template: boo
             prompt_ids = []
             response_ids = list(tokenizer(response, add_special_tokens=True)["input_ids"]) + eos
         else:
-            prompt_ids = encode_prompt(tokenizer, prompt, use_chat_template)
+            prompt_ids = encode_prompt(tokenizer, prompt, chat_template=use_chat_template)
             response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"]) + eos
         ids = (prompt_ids + response_ids)[:max_length]
         labels = ([IGNORE] * len(prompt_ids) + response_ids)[:max_length]
@@ -211,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    use_template = not args.no_chat_template and bool(getattr(tokenizer, "chat_template", None))
+    use_template = resolve_chat_template(tokenizer, False if args.no_chat_template else None)
     try:
         data = encode_examples(examples, tokenizer, args.max_length, use_template)
     except ValueError as error:
@@ -266,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     # output/embedding layers (peft would add them because lm_head is a target).
     model.save_pretrained(out, safe_serialization=True, save_embedding_layers=False)
     tokenizer.save_pretrained(out)
+    write_prompt_format(out, use_template)
     base = model.peft_config["default"].base_model_name_or_path
     print(
         f"\nSaved the LoRA adapter and the tokenizer to {out} (base model: {base}).\n"

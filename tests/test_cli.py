@@ -374,7 +374,9 @@ def test_prompt_formatting_per_model():
 
     pair = Pair()
     pair.tokenizer = tokenizer
-    assert cli.weak_prompt(record, pair, args) == [{"role": "user", "content": "the film"}]
+    assert cli.weak_prompt(record, pair, args) == "the film"  # the pair's own rule formats text
+    chat = cli.PromptRecord(1, 1, [{"role": "user", "content": "the film"}])
+    assert cli.weak_prompt(chat, pair, args) == chat.prompt
     args.no_chat_template = True
     assert cli.strong_prompt_ids(record, tokenizer, args) == tokenizer("the film")["input_ids"]
     assert cli.weak_prompt(cli.PromptRecord(1, 1, "x", weak_prompt="weak side"), pair, args) == "weak side"

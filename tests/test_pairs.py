@@ -147,11 +147,16 @@ def test_chat_prompts_use_the_weak_template(family, tokenizer):
         tokenizer_object=tokenizer.backend_tokenizer, pad_token="<|pad|>", eos_token="<|eos|>"
     )
     tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
-    pair = w2s.WeakPair(make_model(family, len(tok), 1), make_model(family, len(tok), 2), tok)
+    tuned, untuned = make_model(family, len(tok), 1), make_model(family, len(tok), 2)
+    pair = w2s.WeakPair(tuned, untuned, tok)
+    raw = w2s.WeakPair(tuned, untuned, tok, chat_template=False)
+    assert pair.chat_template and not raw.chat_template
     messages = [{"role": "user", "content": "the film was"}]
     torch.testing.assert_close(
-        pair.score([messages], [" good"]), pair.score(["user: the film was\nassistant:"], [" good"])
+        pair.score([messages], [" good"]), raw.score(["user: the film was\nassistant:"], [" good"])
     )
+    # Under the chat rule a text prompt is one user message.
+    torch.testing.assert_close(pair.score(["the film was"], [" good"]), pair.score([messages], [" good"]))
     conditioned = pair.encode_prompt(messages, condition="be kind")
     assert (
         conditioned

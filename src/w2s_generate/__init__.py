@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # the names below load on first use, so `w2s-generate --help`
     from .debates import Debate, debate, debate_pair
     from .explanations import explain, explanation_pair
     from .generate import TokenGuidance, W2SGenerationMixin, disable, enable
-    from .gguf_models import REAL_MODELS, RealModel, convert_gguf, real_model_folder, real_tokenizer
+    from .gguf_models import RealModel, convert_gguf, real_model_folder, real_tokenizer
     from .pairs import WeakPair
     from .policies import (
         AdaptiveBudget,
@@ -53,7 +53,6 @@ _HOMES = {
     "W2SGenerationMixin": "generate",
     "disable": "generate",
     "enable": "generate",
-    "REAL_MODELS": "gguf_models",
     "RealModel": "gguf_models",
     "convert_gguf": "gguf_models",
     "real_model_folder": "gguf_models",
@@ -104,7 +103,6 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 __all__ = [
-    "REAL_MODELS",
     "RealModel",
     "convert_gguf",
     "real_model_folder",

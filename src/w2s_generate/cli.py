@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .prompt_format import encode_prompt, has_chat_template, prompt_text
+
 PROG = "w2s-generate"
 
 # --------------------------------------------------------------------------- the registry
@@ -140,8 +142,9 @@ the ids already in --out, so an interrupted job resumes where it stopped. Malfor
 reported on stderr and skipped; the exit code is then 1.
 
 Text prompts are wrapped as a user message and formatted with each model's chat template when its
-tokenizer has one (the large model's with its tokenizer, the weak pair's with the pair's), unless
---no-chat-template is given.
+tokenizer has one (the large model's with its tokenizer, the weak pair's with the pair's; an adapter
+trained by examples/train_weak_lora.py records which format it was trained on, and the pair follows
+it), unless --no-chat-template is given.
 
 Weights load from safetensors only, unless --allow-pickle is given; repository code runs only with
 --trust-remote-code.
@@ -806,6 +809,9 @@ def load_pair(args: argparse.Namespace):
         "device_map": args.device_map,
         "allow_pickle": args.allow_pickle,
         "trust_remote_code": args.trust_remote_code,
+        # The pair's one prompt rule: --no-chat-template turns it off; otherwise as the adapter was
+        # trained (its recorded format), else the weak tokenizer's chat template when it has one.
+        "chat_template": False if args.no_chat_template else None,
     }
     if args.adapter is not None:
         what = "--adapter " + " --adapter ".join(args.adapter)
@@ -916,39 +922,31 @@ def make_strategy(args: argparse.Namespace, pair, strong_tokenizer):
 # --------------------------------------------------------------------------- prompts -> ids
 
 
-def _uses_chat_template(tokenizer, args: argparse.Namespace) -> bool:
-    return not args.no_chat_template and bool(getattr(tokenizer, "chat_template", None))
+def _large_chat_template(tokenizer, args: argparse.Namespace) -> bool:
+    """Whether the large model's prompts go through its chat template (when it has one, unless turned off)."""
+    return not args.no_chat_template and has_chat_template(tokenizer)
 
 
-def _as_messages(prompt: str | list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+def _no_template_reason(args: argparse.Namespace, whose: str) -> str:
+    return "--no-chat-template was given" if args.no_chat_template else f"{whose} has no chat template"
 
 
 def strong_prompt_ids(record: PromptRecord, tokenizer, args: argparse.Namespace) -> list[int]:
     """The large model's token ids of a prompt, through its chat template when it has one."""
-    if _uses_chat_template(tokenizer, args):
-        text = tokenizer.apply_chat_template(
-            _as_messages(record.prompt), add_generation_prompt=True, tokenize=False
-        )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    elif isinstance(record.prompt, str):
-        ids = tokenizer(record.prompt, add_special_tokens=True)["input_ids"]
-    else:
-        why = (
-            "--no-chat-template was given" if args.no_chat_template else "its tokenizer has no chat template"
-        )
+    use_template = _large_chat_template(tokenizer, args)
+    if not use_template and not isinstance(record.prompt, str):
+        why = _no_template_reason(args, "its tokenizer")
         raise ValueError(f"the prompt is a list of chat messages but {why}: give the prompt as text")
+    ids = encode_prompt(tokenizer, record.prompt, chat_template=use_template)
     if not ids:
         raise ValueError("the prompt encodes to no tokens")
-    return list(ids)
+    return ids
 
 
 def strong_prompt_text(record: PromptRecord, tokenizer, args: argparse.Namespace) -> str:
     """The prompt text sent to --endpoint: through --tokenizer's chat template when there is one."""
-    if tokenizer is not None and _uses_chat_template(tokenizer, args):
-        return tokenizer.apply_chat_template(
-            _as_messages(record.prompt), add_generation_prompt=True, tokenize=False
-        )
+    if tokenizer is not None and _large_chat_template(tokenizer, args):
+        return prompt_text(tokenizer, record.prompt, chat_template=True)
     if isinstance(record.prompt, str):
         return record.prompt
     raise ValueError(
@@ -958,16 +956,14 @@ def strong_prompt_text(record: PromptRecord, tokenizer, args: argparse.Namespace
 
 
 def weak_prompt(record: PromptRecord, pair, args: argparse.Namespace):
-    """What the weak pair reads as the prompt: text, or chat messages for its own chat template."""
+    """What the weak pair reads as the prompt: the text (the pair's own rule formats it) or chat messages."""
     prompt = record.weak_prompt if record.weak_prompt is not None else record.prompt
-    if _uses_chat_template(pair.tokenizer, args):
-        return _as_messages(prompt)
     if isinstance(prompt, str):
         return prompt
+    if not args.no_chat_template and has_chat_template(pair.tokenizer):
+        return prompt
     field = "weak_prompt" if record.weak_prompt is not None else "prompt"
-    why = (
-        "--no-chat-template was given" if args.no_chat_template else "the weak tokenizer has no chat template"
-    )
+    why = _no_template_reason(args, "the weak tokenizer")
     raise ValueError(f'"{field}" is a list of chat messages for the weak pair but {why}: give it as text')
 
 

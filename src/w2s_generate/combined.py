@@ -12,6 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .pairs import Prompt, WeakPair, _check_causal_lm, _load_kwargs, load_adapters
+from .prompt_format import read_prompt_format
 from .scoring import Side
 
 
@@ -44,6 +45,8 @@ class PromptPair(WeakPair):
         condition: the conditioning text (a system prompt, a principle, a persona), or a function
             returning one per prompt (see [`w2s_generate.explanation_pair`][w2s_generate.explanation_pair]).
         against: what the untuned side reads instead of nothing (a text or a function of the prompt).
+        chat_template: whether text prompts go through the tokenizer's chat template (``None``: when it
+            has one).
 
     Examples:
         >>> pair = PromptPair(small_model, tokenizer, condition="Answer kindly.")
@@ -57,6 +60,8 @@ class PromptPair(WeakPair):
         tokenizer: PreTrainedTokenizerBase,
         condition: str | Callable[[Prompt], str],
         against: str | Callable[[Prompt], str] | None = None,
+        *,
+        chat_template: bool | None = None,
     ) -> None:
         for name, value in (("condition", condition), ("against", against)):
             if value is None and name == "against":
@@ -74,7 +79,12 @@ class PromptPair(WeakPair):
         model.eval()
         self.condition = condition
         self.against = against
-        self._init(tokenizer, [Side(model, condition=condition), Side(model, condition=against)], [1.0, -1.0])
+        self._init(
+            tokenizer,
+            [Side(model, condition=condition), Side(model, condition=against)],
+            [1.0, -1.0],
+            chat_template=chat_template,
+        )
 
 
 class GuidanceEnsemble(WeakPair):
@@ -113,6 +123,12 @@ class GuidanceEnsemble(WeakPair):
                     "The pairs of an ensemble must share one tokenizer (their scores are summed per token); "
                     f"got vocabularies of {len(first)} and {len(pair.tokenizer)} tokens."
                 )
+        formats = {pair.chat_template for pair, _ in members}
+        if len(formats) > 1:
+            raise ValueError(
+                "The pairs of an ensemble read prompts differently (chat_template True for some, False for "
+                "others): build them with one chat_template so every pair scores the same prompt ids."
+            )
         sides: list[Side] = []
         keys: dict[tuple, int] = {}
         for pair, _ in members:
@@ -131,7 +147,7 @@ class GuidanceEnsemble(WeakPair):
             components[name] = vector
         total = [sum(c[i] for c in components.values()) for i in range(len(sides))]
         self.members = list(members)
-        self._init(first, sides, total, components)
+        self._init(first, sides, total, components, chat_template=members[0][0].chat_template)
 
     @classmethod
     def from_adapters(
@@ -145,8 +161,12 @@ class GuidanceEnsemble(WeakPair):
         device_map: str | dict | None = None,
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
+        chat_template: bool | None = None,
     ) -> GuidanceEnsemble:
         """Several LoRA adapters on one base, loaded once: an ensemble scored in one forward.
+
+        ``chat_template`` (whether text prompts go through the tokenizer's chat template) defaults to
+        what the adapter folders record (``w2s_prompt_format.json``), else to the tokenizer having one.
 
         Examples:
             >>> both = GuidanceEnsemble.from_adapters(["helpful-lora", "harmless-lora"], [1.0, 0.5])
@@ -172,5 +192,8 @@ class GuidanceEnsemble(WeakPair):
             names = [f"pair{i}" for i in range(len(adapters))]
         load = _load_kwargs({}, dtype, device_map, allow_pickle, trust_remote_code)
         peft_model, tok = load_adapters(adapters, names, tokenizer, load, allow_pickle)
-        pairs = [WeakPair.from_peft(peft_model, tok, name) for name in names]
+        if chat_template is None:
+            recorded = {read_prompt_format(a) for a in adapters if Path(str(a)).is_dir()} - {None}
+            chat_template = recorded.pop() if len(recorded) == 1 else None
+        pairs = [WeakPair.from_peft(peft_model, tok, name, chat_template=chat_template) for name in names]
         return cls(list(zip(pairs, weights)), names=names)

