@@ -82,6 +82,10 @@ class TokenGuidance(Strategy):
             self.pair, self.beta, pad_token_id=self.processor.pad_token_id
         )
         processor._vocabulary_checked = self.bound_tokenizer is not None
+        rows = output_rows(model)
+        if rows is not None:
+            # Before the pair reads the prompts: another vocabulary's ids are not bad prompt ids.
+            processor.check_rows(rows)
         if self.draft_tokens:
             return _drafted_call(
                 self,
@@ -144,6 +148,13 @@ def _drafted_call(
         greedy=not config.do_sample,
     )
     return out if config.return_dict_in_generate else out.sequences
+
+
+def output_rows(model) -> int | None:
+    """Rows of ``model``'s output table (its vocabulary, maybe padded); ``None`` when it has none to read."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return None if weight is None else int(weight.shape[0])
 
 
 def insert_before_warpers(processors: LogitsProcessorList, processor) -> LogitsProcessorList:

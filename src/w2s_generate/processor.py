@@ -123,17 +123,26 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
         logprobs = torch.log_softmax(scores.float(), dim=-1)
         if self.beta == 0.0:
             return logprobs
+        # Before the pair reads any id: another vocabulary's prompt ids must not be taken for bad ids.
+        self.check_rows(scores.shape[-1])
         self._advance(input_ids)
         guidance = self.state.next_token_guidance().to(scores.device)
         return self._combine(logprobs, guidance)
 
-    # ------------------------------------------------------------------ steps
-    def _combine(self, logprobs: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        """``[N, Vs], [N, Vw] -> [N, Vs]`` guided log-probs over the shared rows."""
-        strong_rows, weak_rows = logprobs.shape[-1], guidance.shape[-1]
-        if (strong_rows, weak_rows) == self._rows_checked and strong_rows == weak_rows:
-            return logprobs + self.beta * guidance  # the common case, checked on the first step
+    def check_rows(self, strong_rows: int, weak_rows: int | None = None) -> int:
+        """Refuse a large model's output table of another vocabulary; returns the rows both share.
+
+        Called before the pair reads any prompt id, so a large model of another vocabulary is named
+        as such whatever its prompt ids (not as a prompt id outside the pair's table).
+
+        Args:
+            strong_rows: rows of the large model's output table.
+            weak_rows: rows of the pair's (default ``pair.vocab_rows``).
+        """
+        weak_rows = self.pair.vocab_rows if weak_rows is None else weak_rows
         shared = min(strong_rows, weak_rows)
+        if (strong_rows, weak_rows) == self._rows_checked:
+            return shared
         if len(self.pair.tokenizer) > shared or not (
             self._vocabulary_checked or rows_look_padded(strong_rows, weak_rows)
         ):
@@ -143,6 +152,15 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
                 "Use w2s.ChunkBeamSearch, which bridges tokenizers through text."
             )
         self._rows_checked = (strong_rows, weak_rows)
+        return shared
+
+    # ------------------------------------------------------------------ steps
+    def _combine(self, logprobs: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """``[N, Vs], [N, Vw] -> [N, Vs]`` guided log-probs over the shared rows."""
+        strong_rows, weak_rows = logprobs.shape[-1], guidance.shape[-1]
+        if (strong_rows, weak_rows) == self._rows_checked and strong_rows == weak_rows:
+            return logprobs + self.beta * guidance  # the common case, checked on the first step
+        shared = self.check_rows(strong_rows, weak_rows)
         out = logprobs.clone()
         out[:, :shared] += self.beta * guidance[:, :shared]
         # Rows past the pair's vocabulary are padding of a larger embedding table: never real tokens.
