@@ -22,6 +22,8 @@ def test_demo_writes_table_json_and_plot(cache, tmp_path, capsys):
     code = main(
         [
             "demo",
+            "--task",
+            "synthetic",
             "--cache-dir",
             str(cache),
             "--prompts",
