@@ -147,3 +147,39 @@ def test_what_drafting_cannot_keep_exact_is_refused(strong, pair, tokenizer):
             do_sample=True,
             max_new_tokens=6,
         )
+
+
+@pytest.mark.parametrize(("new_tokens", "gamma"), [(251, 6), (20, 255)])
+def test_drafted_search_runs_to_the_end_of_the_context(tokenizer, new_tokens, gamma):
+    """GPT-2 (256 learned positions), a 5-token prompt: drafts are capped to the room left in the chunk
+    and the budget, so the search reaches the last position, with fresh scores."""
+    vocab = len(tokenizer)
+    strong = make_model("gpt2", vocab, 10, width=48, layers=3)
+    pair = w2s.WeakPair(make_model("gpt2", vocab, 11), make_model("gpt2", vocab, 12), tokenizer)
+    prompt = tokenizer("the film was wonderful and the acting")["input_ids"][:5]
+    torch.manual_seed(0)
+    out = strong.generate(
+        input_ids=torch.tensor([prompt]),
+        custom_generate=w2s.ChunkBeamSearch(pair, 2, 2, 16, draft_tokens=gamma),
+        do_sample=True,
+        max_new_tokens=new_tokens,
+        eos_token_id=[],
+        return_dict_in_generate=True,
+    )
+    assert out.sequences.shape == (1, 5 + new_tokens)
+    fresh = pair.score([prompt], out.sequences[:, 5:].tolist())
+    torch.testing.assert_close(out.log_ratios, fresh, atol=1e-3, rtol=1e-4)
+
+
+def test_a_large_table_with_padding_rows(family, tokenizer, pair):
+    """320 real rows + 3 padding rows in the large model's table: the pair drafts over its 320 rows (the
+    padding rows' proposal is 0), and with top_k=1 (greedy) drafted chunks equal undrafted ones."""
+    strong = make_model(family, len(tokenizer), 10, width=48, layers=3, extra_rows=3)
+    inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    kwargs = dict(do_sample=True, top_k=1, max_new_tokens=12)
+    plain = strong.generate(**inputs, custom_generate=w2s.ChunkBeamSearch(pair, 1, 1, 4), **kwargs)
+    for gamma in (1, 3):
+        drafted = strong.generate(
+            **inputs, custom_generate=w2s.ChunkBeamSearch(pair, 1, 1, 4, draft_tokens=gamma), **kwargs
+        )
+        assert torch.equal(plain, drafted), gamma

@@ -173,3 +173,63 @@ def test_what_drafting_cannot_keep_is_refused_by_name(tokenizer):
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="draft_tokens must be None or an integer >= 0"):
             w2s.TokenGuidance(pair, 1.0, draft_tokens=bad)
+
+
+def near_the_end_of_the_context(tokenizer):
+    """GPT-2 (256 learned positions): a large model, a pair and a 5-token prompt."""
+    vocab = len(tokenizer)
+    strong = make_model("gpt2", vocab, 80, width=48)
+    pair = w2s.WeakPair(make_model("gpt2", vocab, 81), make_model("gpt2", vocab, 82), tokenizer)
+    prompt = torch.tensor([tokenizer("the film was wonderful and the acting")["input_ids"][:5]])
+    return strong, pair, prompt
+
+
+@pytest.mark.parametrize(("new_tokens", "gamma"), [(251, 6), (20, 255)])
+def test_drafts_stop_at_the_budget_and_the_context(tokenizer, new_tokens, gamma):
+    """Drafts are capped to the tokens a row may still take, so a request that fits the context runs,
+    to the last position, and greedy drafted decoding still equals greedy decoding."""
+    strong, pair, prompt = near_the_end_of_the_context(tokenizer)
+    kwargs = dict(do_sample=False, max_new_tokens=new_tokens, eos_token_id=[])
+    plain = strong.generate(input_ids=prompt, custom_generate=w2s.TokenGuidance(pair, 2.0), **kwargs)
+    drafted = strong.generate(
+        input_ids=prompt, custom_generate=w2s.TokenGuidance(pair, 2.0, draft_tokens=gamma), **kwargs
+    )
+    assert drafted.shape == (1, 5 + new_tokens)
+    assert torch.equal(plain, drafted)
+
+
+def test_finished_rows_do_not_grow(tokenizer):
+    """Rows that end at EOS while others go on are fed masked: near the end of the context, the batch
+    runs to the budget and greedy drafted decoding equals greedy decoding."""
+    strong, pair, _ = near_the_end_of_the_context(tokenizer)
+    inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    new_tokens = 256 - inputs["input_ids"].shape[1]
+    kwargs = dict(do_sample=False, max_new_tokens=new_tokens, eos_token_id=[130])
+    plain = strong.generate(**inputs, custom_generate=w2s.TokenGuidance(pair, 2.0), **kwargs)
+    drafted = strong.generate(
+        **inputs, custom_generate=w2s.TokenGuidance(pair, 2.0, draft_tokens=6), **kwargs
+    )
+    assert torch.equal(plain, drafted)
+    ended = (plain[:, inputs["input_ids"].shape[1] :] == 130).any(-1)
+    assert ended.tolist() == [True, False]  # one row ends early, the other runs to the last position
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_a_large_table_with_padding_rows(family, tokenizer, do_sample):
+    """320 real rows + 3 padding rows in the large model's table: the pair drafts over its 320 rows (the
+    padding rows' proposal is 0) and greedy drafted decoding equals greedy decoding (top_k=1 sampling
+    too, where the acceptance test reads the proposal)."""
+    strong = make_model(family, len(tokenizer), 80, width=48, extra_rows=3)
+    pair = w2s.WeakPair(
+        make_model(family, len(tokenizer), 81), make_model(family, len(tokenizer), 82), tokenizer
+    )
+    inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    kwargs = dict(do_sample=do_sample, max_new_tokens=16, eos_token_id=EOS)
+    if do_sample:
+        kwargs["top_k"] = 1
+    plain = strong.generate(**inputs, custom_generate=w2s.TokenGuidance(pair, 2.0), **kwargs)
+    for gamma in (1, 4):
+        drafted = strong.generate(
+            **inputs, custom_generate=w2s.TokenGuidance(pair, 2.0, draft_tokens=gamma), **kwargs
+        )
+        assert torch.equal(plain, drafted), gamma

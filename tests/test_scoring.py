@@ -249,3 +249,27 @@ def test_sliding_window_gaps_inside_one_window_are_exact(tokenizer):
     torch.testing.assert_close(
         state.scores, torch.tensor([naive_objective(pair, [5, 6], [20, 23, 24])]), atol=1e-4, rtol=1e-4
     )
+
+
+def test_a_step_past_a_learned_context_is_refused_by_name(tokenizer):
+    """GPT-2's 256 positions: a 256th token steps in, a 257th is refused with the limit named."""
+    pair = w2s.WeakPair(
+        make_model("gpt2", len(tokenizer), 1), make_model("gpt2", len(tokenizer), 2), tokenizer
+    )
+    state = pair.start([[5 + i % 200 for i in range(255)]])
+    state.step(torch.tensor([7]))
+    with pytest.raises(ValueError, match="257 tokens, more than the weak model's context of 256 positions"):
+        state.step(torch.tensor([8]))
+
+
+def test_a_masked_step_leaves_a_row_as_it_was(pair):
+    """``step(tokens, active)``: inactive rows keep their score and next-token distribution; what they
+    take later is scored as if the masked token had never come."""
+    state = pair.start(PROMPTS[:2])
+    before = state.next_token_logprobs().clone()
+    state.step(torch.tensor([17, 23]), active=torch.tensor([True, False]))
+    torch.testing.assert_close(state.next_token_logprobs()[:, 1], before[:, 1])
+    assert float(state.scores[1]) == 0.0
+    state.step(torch.tensor([31, 41]))
+    fresh = pair.score(PROMPTS[:2], [[17, 31], [41]])
+    torch.testing.assert_close(state.scores, fresh, atol=1e-4, rtol=1e-4)

@@ -21,7 +21,7 @@ from transformers.generation.stopping_criteria import MaxLengthCriteria, StopStr
 
 from ._compat import accepts_position_ids, forward_with_cache, new_cache, select_cache_rows
 from .bridge import advance_texts
-from .drafting import commit_round, speculative_choice
+from .drafting import commit_round, fit_rows, round_masks, speculative_choice, stack_round
 from .pairs import WeakPair
 from .policies import ChunkBoundary, SearchCost, token_stop
 from .row_processors import processors_for_rows
@@ -437,7 +437,11 @@ class DraftedModelSource(CandidateSource):
     draft with probability ``min(1, p / q)`` and samples the token after the kept ones from the
     residual (or from ``p`` when all are kept): every committed token is an exact sample of the large
     model, as in the undrafted search. Rows commit different numbers of tokens per round (masks and
-    positions per row) and stop at the chunk length, EOS or the token budget.
+    positions per row) and stop at the chunk length, EOS or the token budget; a round drafts at most
+    ``min(gamma, room - 1)`` tokens for the roomiest row, and rows with less room take part masked past
+    it, so no row's cache or positions grow past its end. A large model whose output table has
+    padding rows past the pair's gets drafts over the pair's rows only (the padding rows' proposal
+    is 0: acceptance stays exact).
 
     The pair's state is shared with the search's scorer: drafting steps it through the drafts, and the
     rejected ones are retracted, so the pair has scored every kept token by the end of the chunk
@@ -458,8 +462,10 @@ class DraftedModelSource(CandidateSource):
         proposal_side: int,
         draft_tokens: int,
         cost: SearchCost,
+        vocab_rows: int | None = None,
     ) -> None:
         self.model = model
+        self.vocab_rows = vocab_rows  # rows of the large model's output table (None: the pair's)
         self.warpers = warpers
         self.pad = pad
         self.chunk = chunk
@@ -487,7 +493,7 @@ class DraftedModelSource(CandidateSource):
         self.last = prompt_ids[:, -1]
         # Room for one drafting round past the budget, so every round writes at distinct columns.
         self.out = torch.full(
-            (self.batch, max_new + draft_tokens + 1), pad, dtype=torch.long, device=self.device
+            (self.batch, max_new + min(draft_tokens, max_new) + 1), pad, dtype=torch.long, device=self.device
         )
         self.written = torch.zeros(self.batch, dtype=torch.long, device=self.device)
         self.drafted = torch.zeros((), dtype=torch.long, device=self.device)  # drafts proposed, all rounds
@@ -512,60 +518,66 @@ class DraftedModelSource(CandidateSource):
         return forward_with_cache(self.model, fed, mask, self.cache, position_ids=positions).logits.float()
 
     def sample(self) -> SampledChunks:
-        gamma, rows = self.gamma, self.last.shape[0]
-        position = torch.arange(gamma + 1, device=self.device)
+        rows = self.last.shape[0]
         room = (self.max_new - self.written).clamp(min=0, max=self.chunk)  # [R] tokens this chunk may take
         taken = torch.zeros(rows, dtype=torch.long, device=self.device)
         ended = torch.zeros(rows, dtype=torch.bool, device=self.device)
         weak_fed = torch.zeros(rows, dtype=torch.long, device=self.device)
         while True:
-            active = (taken < room) & ~ended
-            if not bool(active.any()):  # the one host sync a drafting round needs
+            room_now = torch.where(ended, torch.zeros_like(taken), room - taken)  # [R] 0 once done
+            most_room = int(room_now.max())  # the one host sync a drafting round needs
+            if most_room <= 0:
                 break
-            # 1. Draft gamma tokens per row from the proposal side of the pair.
+            # A round commits at most most_room tokens per row: no drafts past the chunk, the budget
+            # or the context.
+            gamma = min(self.gamma, most_room - 1)
+            position = torch.arange(gamma + 1, device=self.device)
+            fed_mask = round_masks(room_now, gamma)  # [R, G+1]
+            # 1. Draft gamma tokens per row from the proposal side of the pair; drafts past a row's
+            #    room leave the pair's state as it is.
             proposal, drafts = [], []
-            for _ in range(gamma):
-                q = torch.softmax(
-                    self.warpers(self.out, self.state.next_token_logprobs()[self.proposal_side]), -1
-                )
+            for j in range(gamma):
+                scores = fit_rows(self.state.next_token_logprobs()[self.proposal_side], self.vocab_rows)
+                q = torch.softmax(self.warpers(self.out, scores), -1)
                 d = torch.multinomial(q, 1).squeeze(1)
                 proposal.append(q)
                 drafts.append(d)
-                self.state.step(d)
-            drafts_t = torch.stack(drafts, dim=1)  # [R, G]
-            # 2. One large-model forward over each row's last committed token and its drafts; rows whose
-            #    chunk is done take part masked.
+                self.state.step(d, active=fed_mask[:, j + 1])
+            drafts_t, proposal_t = stack_round(drafts, proposal, rows, self.device)
+            # 2. One large-model forward over each row's last committed token and its drafts, masked
+            #    past each row's room (all of it for rows whose chunk is done).
             fed = torch.cat([self.last[:, None], drafts_t], dim=1)
-            mask = torch.cat([self.cache_mask, active[:, None].expand(rows, gamma + 1).long()], dim=1)
+            mask = torch.cat([self.cache_mask, fed_mask.long()], dim=1)
             self._count_forward()
             logits = self._forward(fed, mask)
             target = torch.softmax(
                 torch.stack([self.warpers(self.out, logits[:, j]) for j in range(gamma + 1)], dim=1), -1
             )
             # 3. Keep what speculative sampling accepts, then the token after it; EOS and the chunk's
-            #    room cut a row's tokens.
-            kept, next_token = speculative_choice(
-                target, torch.stack(proposal, dim=1), drafts_t, greedy=False
-            )
-            room_now = torch.where(active, room - taken, torch.zeros_like(taken))
+            #    room cut a row's tokens (a row whose room ends at a fed draft may keep the draft after
+            #    it: the target at the last fed token verified it).
+            kept, next_token = speculative_choice(target, proposal_t, drafts_t, greedy=False)
             new, count, wrote_eos = commit_round(
                 drafts_t, kept, next_token, self.eos, room_now, self.out, self.written
             )
             ended |= wrote_eos
             taken += count
-            self.drafted += gamma * active.sum()
+            self.drafted += room_now.clamp(max=gamma).sum()
             # 4. Both sides keep exactly the committed tokens. The large cache keeps the fed last token
-            #    and the committed drafts but the newest (fed first next round); the pair drops what it
-            #    drafted past the committed drafts and appends the token after them when committed.
+            #    and the committed drafts but the newest (fed first next round); the pair drops the
+            #    drafts it took past the committed ones and appends the newest committed token when it
+            #    did not take it as a draft.
             keeps_drafts = torch.minimum(kept, count)
             self.accepted += keeps_drafts.sum()
-            cache_keeps = active[:, None] & ((position[None, :] == 0) | (position[None, :] < count[:, None]))
+            cache_keeps = fed_mask & ((position[None, :] == 0) | (position[None, :] < count[:, None]))
             self.cache_mask = torch.cat([self.cache_mask, cache_keeps.long()], dim=1)
             newest = new.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1)
             self.last = torch.where(count > 0, newest, self.last)
-            appends = (count == kept + 1).long()
-            self.state.replace_tail(gamma - keeps_drafts, next_token[:, None], appends)
-            weak_fed += gamma + appends
+            stepped = fed_mask[:, 1:].sum(-1)  # drafts each row's pair state took
+            in_state = torch.minimum(keeps_drafts, stepped)
+            appends = (count > in_state).long()
+            self.state.replace_tail(stepped - in_state, newest[:, None], appends)
+            weak_fed += stepped + appends
         host_taken = taken.tolist()
         self.cost.add("large_tokens", self.owners, host_taken)
         self.cost.add("weak_tokens", self.owners, weak_fed.tolist())

@@ -12,11 +12,16 @@ draft ``j`` with probability ``min(1, p_j(d_j) / q_j(d_j))``; at the first rejec
 decoding keeps drafts while they equal the target's argmax and then takes that argmax.
 
 Rows keep different numbers of tokens: rejected drafts are masked out of the large model's cache and
-retracted from the pair's state, per row, with positions counted from the masks.
+retracted from the pair's state, per row, with positions counted from the masks. A round drafts at
+most ``min(gamma, room - 1)`` tokens where ``room`` is the most tokens a row may still take (the token
+after the kept drafts fills the last slot); a row with less room takes part in the round's forwards
+masked past its own room, and a finished row masked entirely, so no row's cache or positions grow
+past its end (nor past a learned position table).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +70,8 @@ def speculative_choice(
         (tensor([1]), tensor([0]))
     """
     rows, gamma = drafts.shape
+    # A large model's table may have padding rows past the pair's: the proposal gives them nothing.
+    proposal = fit_rows(proposal, target.shape[-1], fill=0.0)
     picked_target = target[:, :gamma].gather(-1, drafts[..., None]).squeeze(-1)  # [R, G]
     if greedy:
         keep = drafts == target[:, :gamma].argmax(-1)
@@ -76,12 +83,60 @@ def speculative_choice(
     next_target = target.gather(1, at).squeeze(1)  # [R, V]
     if greedy:
         return kept, next_target.argmax(-1)
-    padded = torch.cat([proposal, torch.zeros_like(proposal[:, :1])], dim=1)  # no proposal after the last
+    padded = torch.cat([proposal, proposal.new_zeros((rows, 1, proposal.shape[-1]))], dim=1)  # none after
     residual = (next_target - padded.gather(1, at).squeeze(1)).clamp(min=0)
     total = residual.sum(-1, keepdim=True)
     # A residual of zero mass can only follow a rejection of probability zero; use the target then.
     residual = torch.where(total > 0, residual / total.clamp(min=1e-30), next_target)
     return kept, torch.multinomial(residual, 1).squeeze(1)
+
+
+def fit_rows(scores: torch.Tensor, rows: int | None, fill: float = -math.inf) -> torch.Tensor:
+    """``[..., V] -> [..., rows]``: the first ``rows`` columns, padded with ``fill`` past ``V``.
+
+    Fits the pair's distributions to a large model's output table of ``rows`` rows (padding rows
+    past the pair's vocabulary get ``fill``: ``-inf`` for scores, 0 for probabilities); ``None`` keeps
+    ``scores`` as they are.
+
+    Examples:
+        >>> from w2s_generate.drafting import fit_rows
+        >>> fit_rows(torch.tensor([[0.5, 0.5]]), 3, fill=0.0)
+        tensor([[0.5000, 0.5000, 0.0000]])
+    """
+    width = scores.shape[-1]
+    if rows is None or rows == width:
+        return scores
+    if rows < width:
+        return scores[..., :rows]
+    return torch.nn.functional.pad(scores, (0, rows - width), value=fill)
+
+
+def round_masks(room: torch.Tensor, gamma: int) -> torch.Tensor:
+    """``[R] -> [R, G+1]`` which of a round's fed tokens (the last committed one, then the drafts) count.
+
+    A row with ``room`` tokens left can commit at most ``room`` tokens this round: its last committed
+    token and its first ``room - 1`` drafts are fed (the draft after them, when kept, is verified by
+    the target at the last fed token and needs no forward of its own). A row with no room is fed
+    masked throughout. Draft ``j`` enters the pair's state exactly when its column ``j + 1`` counts.
+
+    Examples:
+        >>> from w2s_generate.drafting import round_masks
+        >>> round_masks(torch.tensor([5, 2, 0]), 3).long()
+        tensor([[1, 1, 1, 1],
+                [1, 1, 0, 0],
+                [0, 0, 0, 0]])
+    """
+    position = torch.arange(gamma + 1, device=room.device)
+    return position[None, :] < room[:, None]
+
+
+def stack_round(
+    drafts: list[torch.Tensor], proposal: list[torch.Tensor], rows: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``G x [R], G x [R, V] -> ([R, G], [R, G, V])``; a round of no drafts gives ``[R, 0]``, ``[R, 0, 1]``."""
+    if drafts:
+        return torch.stack(drafts, dim=1), torch.stack(proposal, dim=1)
+    return torch.zeros((rows, 0), dtype=torch.long, device=device), torch.zeros((rows, 0, 1), device=device)
 
 
 def residual_distribution(target: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
@@ -131,7 +186,7 @@ def commit_round(
     """
     gamma = drafts.shape[1]
     position = torch.arange(gamma + 1, device=drafts.device)
-    new = torch.cat([drafts, torch.zeros_like(drafts[:, :1])], dim=1)
+    new = torch.cat([drafts, drafts.new_zeros((drafts.shape[0], 1))], dim=1)
     new.scatter_(1, kept[:, None], next_token[:, None])  # kept drafts, the token, then junk
     count = kept + 1
     is_eos = torch.isin(new, eos) & (position[None, :] < count[:, None])
@@ -176,11 +231,13 @@ def drafted_guidance(
     eos_ids: list[int],
     pad_id: int,
     greedy: bool,
+    vocab_rows: int | None = None,
 ) -> DraftedOutput:
     """Guided decoding of ``max_new_tokens`` per row in drafted rounds (see the module docstring).
 
     ``combine(logprobs [R, V], guidance [R, V]) -> [R, V]`` is the guided processor's own combination
-    (shared rows, padding rows of a larger table at ``-inf``).
+    (shared rows, padding rows of a larger table at ``-inf``). ``vocab_rows`` is the number of rows of
+    the large model's output table, when known: drafts are drawn over it, its padding rows at ``-inf``.
     """
     device = input_ids.device
     rows, prompt_width = input_ids.shape
@@ -209,32 +266,40 @@ def drafted_guidance(
     last = input_ids[:, -1]
     # Room for one round past the budget, so each round writes its gamma + 1 slots at distinct columns.
     out = torch.full(
-        (rows, prompt_width + max_new_tokens + draft_tokens + 1), pad_id, dtype=torch.long, device=device
+        (rows, prompt_width + max_new_tokens + min(draft_tokens, max_new_tokens) + 1),
+        pad_id,
+        dtype=torch.long,
+        device=device,
     )
     out[:, :prompt_width] = input_ids
     written = torch.zeros(rows, dtype=torch.long, device=device)
-    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    room = torch.full((rows,), max_new_tokens, dtype=torch.long, device=device)  # [R] 0 once finished
+    most_room = max_new_tokens  # host copy of room.max()
     drafted = torch.zeros((), dtype=torch.long, device=device)
     accepted = torch.zeros((), dtype=torch.long, device=device)
-    gamma = draft_tokens
-    position = torch.arange(gamma + 1, device=device)
-    while True:
-        # 1. Draft gamma tokens per row from the weak emulation of the target.
+    while most_room > 0:
+        # A round commits at most most_room tokens per row: no drafts past the budget (nor the context).
+        gamma = min(draft_tokens, most_room - 1)
+        position = torch.arange(gamma + 1, device=device)
+        fed_mask = round_masks(room, gamma)  # [R, G+1]
+        # 1. Draft gamma tokens per row from the weak emulation of the target; drafts past a row's
+        #    room (all of a finished row's) leave the pair's state as it is.
         guidance, proposal, drafts = [], [], []
-        for _ in range(gamma):
+        for j in range(gamma):
             g = state.next_token_guidance()
-            base = state.next_token_logprobs()[base_side]
+            base = fit_rows(state.next_token_logprobs()[base_side], vocab_rows)
             q = torch.softmax(warpers(out, combine(base, g)), dim=-1)
             d = q.argmax(-1) if greedy else torch.multinomial(q, 1).squeeze(1)
             guidance.append(g)
             proposal.append(q)
             drafts.append(d)
-            state.step(d)
+            state.step(d, active=fed_mask[:, j + 1])
         guidance.append(state.next_token_guidance())
-        drafts_t = torch.stack(drafts, dim=1)  # [R, G]
-        # 2. One large-model forward over the last committed token and the drafts.
+        drafts_t, proposal_t = stack_round(drafts, proposal, rows, device)  # [R, G], [R, G, V]
+        # 2. One large-model forward over the last committed token and the drafts, masked past each
+        #    row's room.
         fed = torch.cat([last[:, None], drafts_t], dim=1)  # [R, G+1]
-        forward_mask = torch.cat([cache_mask, torch.ones_like(fed)], dim=1)
+        forward_mask = torch.cat([cache_mask, fed_mask.long()], dim=1)
         positions = (forward_mask.cumsum(-1) - 1).clamp(min=0)[:, -fed.shape[1] :]
         logits = forward_with_cache(
             model, fed, forward_mask, cache, position_ids=positions if uses_positions else None
@@ -246,24 +311,30 @@ def drafted_guidance(
         )
         target = torch.softmax(target_scores, dim=-1)
         # 3. Keep the drafts the target accepts, then one more token from the target (or residual).
-        kept, next_token = speculative_choice(target, torch.stack(proposal, dim=1), drafts_t, greedy)
-        # EOS ends a row after it; the budget caps what is written; finished rows write nothing.
-        room = torch.where(finished, torch.zeros_like(written), max_new_tokens - written)
-        drafted += gamma * (~finished).sum()
+        #    EOS ends a row after it; the room caps what is written (a row whose room ends at a fed
+        #    draft may keep the draft after it: the target at the last fed token verified it).
+        kept, next_token = speculative_choice(target, proposal_t, drafts_t, greedy)
+        drafted += room.clamp(max=gamma).sum()
         _, count, wrote_eos = commit_round(
             drafts_t, kept, next_token, eos, room, out[:, prompt_width:], written
         )
         accepted += torch.minimum(kept, count).sum()
-        finished = finished | wrote_eos | (written >= max_new_tokens)
-        if bool(finished.all()):  # the one host sync a round needs (replace_tail's aside)
+        finished = (room == 0) | wrote_eos | (written >= max_new_tokens)
+        room_next = torch.where(finished, torch.zeros_like(room), max_new_tokens - written)
+        most_room = int(room_next.max())  # the one host sync a round needs (replace_tail's aside)
+        if most_room == 0:
             break
-        # 4. Roll both sides back to what each row kept: rejected drafts leave the large cache's
-        #    attention (the fed token and the kept drafts stay); the pair retracts them.
-        kept_columns = position[None, :] < (kept + 1)[:, None]
-        cache_mask = torch.cat([cache_mask, kept_columns.long()], dim=1)
+        # 4. Roll both sides back to what each row kept. A row that goes on committed its kept
+        #    drafts and the token after them: the large cache keeps the fed token and the kept drafts,
+        #    the pair retracts the rest and takes the token. A finished row leaves the large cache
+        #    masked and swaps its last token in the pair's state for the new one, so neither grows.
+        cache_keeps = (position[None, :] < count[:, None]) & ~finished[:, None]
+        cache_mask = torch.cat([cache_mask, cache_keeps.long()], dim=1)
         last = next_token
-        drop = gamma - kept
+        stepped = fed_mask[:, 1:].sum(-1)  # drafts each row's pair state took
+        drop = torch.where(room > 0, stepped - torch.minimum(kept, stepped), torch.ones_like(stepped))
         state.replace_tail(drop, next_token[:, None])
+        room = room_next
     width = prompt_width + int(written.max())
     return DraftedOutput(
         sequences=out[:, :width], large_forwards=large_forwards, drafted=int(drafted), accepted=int(accepted)

@@ -146,6 +146,7 @@ def _drafted_call(
         eos_ids,
         pad_token_id(config),
         greedy=not config.do_sample,
+        vocab_rows=output_rows(model),
     )
     return out if config.return_dict_in_generate else out.sequences
 

@@ -267,27 +267,44 @@ class GuidanceState:
         self.rows = int(index.numel())
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor) -> None:
+    def step(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> None:
         """Append one token to every row and score it: ``[N]`` ids (the token-level hot path).
 
         The same as ``extend(tokens[:, None])`` without its general bookkeeping: one forward per
         model, no host synchronization (sliding-window models excepted), positions counted on.
+
+        Args:
+            tokens: ``[N]`` the token each row takes.
+            active: ``[N]`` bool, rows that take their token (default all); the others take part in
+                the forward masked, so their tokens, scores, positions and next-token
+                distributions stay as they were.
         """
         tokens = tokens.to(self.side_scores.device, torch.long)
         for group in self.groups:
             n_sides = len(group.side_indices)
             ids = tokens.repeat(n_sides)[:, None]  # [S_g*N, 1]
             token_logp = group.last_logp.gather(-1, ids)  # [S_g*N, 1]
+            live = None if active is None else active.to(ids.device).bool().repeat(n_sides)[:, None]
+            if live is not None:
+                token_logp = torch.where(live, token_logp, torch.zeros_like(token_logp))
             self.side_scores.index_add_(0, group.side_rows, token_logp.view(n_sides, self.rows))
             group.longest += 1  # a bound on the longest row
-            self._check_length(group, group.longest)
+            self._check_length(group, group.longest, adding=1 if live is None else live.view(-1).long())
             if group.attended is None:
                 group.attended = group.mask.sum(-1, keepdim=True)
             positions = group.attended  # the new token's position in each row
-            group.attended = positions + 1
-            group.mask = torch.cat([group.mask, torch.ones_like(ids)], dim=1)
+            if live is None:
+                group.attended = positions + 1
+                new_column = torch.ones_like(ids)
+            else:
+                group.attended = positions + live.long()
+                new_column = live.long()
+                # A masked token's position only has to exist in a learned table.
+                positions = torch.where(live, positions, (positions - 1).clamp(min=0))
+            group.mask = torch.cat([group.mask, new_column], dim=1)
             logits = self._forward(group, ids, group.mask, last_only=True, positions=positions)
-            group.last_logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
+            last_logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
+            group.last_logp = last_logp if live is None else torch.where(live, last_logp, group.last_logp)
             group.pending.append((ids, token_logp))
 
     @torch.no_grad()
@@ -438,10 +455,16 @@ class GuidanceState:
         if bool(torch.stack(too_deep).any()):
             raise ValueError("Cannot drop more tokens than a row holds.")
 
-    def _check_length(self, group: _Group, length: int, exact: bool = False) -> None:
-        """Refuse a row longer than an absolute-position model's table; ``length`` may be a bound."""
+    def _check_length(
+        self, group: _Group, length: int, exact: bool = False, adding: int | torch.Tensor = 0
+    ) -> None:
+        """Refuse a row longer than an absolute-position model's table; ``length`` may be a bound.
+
+        ``adding`` (an int or ``[S_g*N]``) counts the tokens about to join each row beyond its mask.
+        """
         if group.max_positions is not None and length > group.max_positions and not exact:
-            length = group.longest = int(group.mask.sum(-1).max())  # the bound is too coarse: count
+            # The bound is too coarse: count, the tokens being added included.
+            length = group.longest = int((group.mask.sum(-1) + adding).max())
         if group.max_positions is not None and length > group.max_positions:
             raise ValueError(
                 f"A weak-side row would hold {length} tokens, more than the weak model's context of "

@@ -513,6 +513,7 @@ class ChunkBeamSearch(Strategy):
             side,
             self.draft_tokens,
             cost,
+            vocab_rows=int(model.get_output_embeddings().weight.shape[0]),
         )
 
     def _successors(self, round_index: int, best_finished: float | None, live: list[float]) -> int:
