@@ -25,7 +25,7 @@ from ..gguf_models import REAL_CACHE_FORMAT, REAL_MODELS, real_model_folder
 from .cache import cache_root, publish, staging_dir
 from .compare import generate_responses
 from .openings import CHECK_OPENINGS, TRAIN_OPENINGS
-from .real_reward import vader_reward
+from .real_reward import encode_examples, response_logprobs, vader_reward
 from .train import _peft_deprecation_ignored
 
 __all__ = [
@@ -170,42 +170,28 @@ def _sample(model, tokenizer, openings, recipe: AdapterRecipe, seed: int, progre
     return list(zip(prompts, responses))
 
 
-def _train(
-    model, tokenizer, data: list[tuple[str, str]], recipe: AdapterRecipe, progress: bool
-) -> list[float]:
-    """Fit the LoRA adapter of ``model`` on ``data`` (loss on response tokens only); the mean loss per epoch."""
+def _fit(model, data: list, batch_loss, recipe: AdapterRecipe, progress: bool) -> list[float]:
+    """Train ``model``'s trainable (LoRA) weights on ``data`` with ``batch_loss(batch)``; the mean loss per epoch.
+
+    AdamW with a linearly decaying rate, gradients clipped at 1, the data shuffled each epoch by
+    ``recipe.seed``.
+    """
     from tqdm import tqdm
 
-    examples = []
-    for opening, response in data:
-        prompt_ids = tokenizer(opening)["input_ids"]
-        full = tokenizer(opening + response)["input_ids"]
-        if full[: len(prompt_ids)] != prompt_ids:
-            full = prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"]
-        examples.append((full, len(prompt_ids)))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=recipe.lr, weight_decay=0.0)
-    steps = recipe.epochs * math.ceil(len(examples) / recipe.batch_size)
+    steps = recipe.epochs * math.ceil(len(data) / recipe.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / steps))
     order = random.Random(recipe.seed)
-    pad = tokenizer.pad_token_id
     model.train()
     losses = []
     with tqdm(total=steps, desc="training the positive adapter", disable=not progress, leave=False) as bar:
         for _ in range(recipe.epochs):
-            order.shuffle(examples)
+            order.shuffle(data)
             total = 0.0
-            for start in range(0, len(examples), recipe.batch_size):
-                batch = examples[start : start + recipe.batch_size]
-                width = max(len(ids) for ids, _ in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                labels = torch.full_like(ids, -100)
-                for i, (row, prompt_len) in enumerate(batch):
-                    ids[i, : len(row)] = torch.tensor(row)
-                    mask[i, : len(row)] = 1
-                    labels[i, prompt_len : len(row)] = torch.tensor(row[prompt_len:])
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            for start in range(0, len(data), recipe.batch_size):
+                batch = data[start : start + recipe.batch_size]
+                loss = batch_loss(batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()
@@ -215,9 +201,21 @@ def _train(
                 total += value * len(batch)
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.3f}")
-            losses.append(total / len(examples))
+            losses.append(total / len(data))
     model.eval()
     return losses
+
+
+def _train(
+    model, tokenizer, data: list[tuple[str, str]], recipe: AdapterRecipe, progress: bool
+) -> list[float]:
+    """Fit the LoRA adapter of ``model`` on ``data`` (loss on response tokens only); the mean loss per epoch."""
+    pad = tokenizer.pad_token_id
+
+    def mean_token_loss(batch):
+        return -response_logprobs(model, batch, pad).sum() / sum(len(ids) - n for ids, n in batch)
+
+    return _fit(model, encode_examples(tokenizer, data), mean_token_loss, recipe, progress)
 
 
 def _preference_pairs(samples: list[tuple[str, str]], recipe: AdapterRecipe) -> list[tuple[str, str, str]]:
@@ -238,40 +236,12 @@ def _preference_pairs(samples: list[tuple[str, str]], recipe: AdapterRecipe) -> 
     return pairs
 
 
-def _encode_examples(tokenizer, data: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
-    examples = []
-    for opening, response in data:
-        prompt_ids = tokenizer(opening)["input_ids"]
-        full = tokenizer(opening + response)["input_ids"]
-        if full[: len(prompt_ids)] != prompt_ids:
-            full = prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"]
-        examples.append((full, len(prompt_ids)))
-    return examples
-
-
-def _response_logprobs(model, examples: Sequence[tuple[list[int], int]], pad: int) -> torch.Tensor:
-    """The summed log-prob of each example's response tokens (right padding)."""
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    keep = torch.zeros(len(examples), width - 1)
-    for i, (row, prompt_len) in enumerate(examples):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-        keep[i, prompt_len - 1 : len(row) - 1] = 1
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    logprobs = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
-    return (logprobs * keep).sum(-1)
-
-
 def _train_preference(
     model, tokenizer, pairs: list[tuple[str, str, str]], recipe: AdapterRecipe, progress: bool
 ) -> list[float]:
     """DPO on ``pairs`` with the adapter-off model as the reference; the mean loss per epoch."""
-    from tqdm import tqdm
-
-    chosen = _encode_examples(tokenizer, [(o, c) for o, c, _ in pairs])
-    rejected = _encode_examples(tokenizer, [(o, r) for o, _, r in pairs])
+    chosen = encode_examples(tokenizer, [(o, c) for o, c, _ in pairs])
+    rejected = encode_examples(tokenizer, [(o, r) for o, _, r in pairs])
     pad = tokenizer.pad_token_id
     model.eval()
     with torch.no_grad(), model.disable_adapter():
@@ -279,41 +249,18 @@ def _train_preference(
             float(a - b)
             for start in range(0, len(pairs), recipe.batch_size)
             for a, b in zip(
-                _response_logprobs(model, chosen[start : start + recipe.batch_size], pad),
-                _response_logprobs(model, rejected[start : start + recipe.batch_size], pad),
+                response_logprobs(model, chosen[start : start + recipe.batch_size], pad),
+                response_logprobs(model, rejected[start : start + recipe.batch_size], pad),
             )
         ]
     data = list(zip(chosen, rejected, reference))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=recipe.lr, weight_decay=0.0)
-    steps = recipe.epochs * math.ceil(len(data) / recipe.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / steps))
-    order = random.Random(recipe.seed)
-    model.train()
-    losses = []
-    with tqdm(total=steps, desc="training the positive adapter", disable=not progress, leave=False) as bar:
-        for _ in range(recipe.epochs):
-            order.shuffle(data)
-            total = 0.0
-            for start in range(0, len(data), recipe.batch_size):
-                batch = data[start : start + recipe.batch_size]
-                logps = _response_logprobs(model, [c for c, _, _ in batch] + [r for _, r, _ in batch], pad)
-                margin = (
-                    logps[: len(batch)] - logps[len(batch) :] - torch.tensor([ref for _, _, ref in batch])
-                )
-                loss = -torch.nn.functional.logsigmoid(recipe.beta * margin).mean()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad()
-                value = loss.detach().item()
-                total += value * len(batch)
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.3f}")
-            losses.append(total / len(data))
-    model.eval()
-    return losses
+
+    def dpo_loss(batch):
+        logps = response_logprobs(model, [c for c, _, _ in batch] + [r for _, r, _ in batch], pad)
+        margin = logps[: len(batch)] - logps[len(batch) :] - torch.tensor([ref for _, _, ref in batch])
+        return -torch.nn.functional.logsigmoid(recipe.beta * margin).mean()
+
+    return _fit(model, data, dpo_loss, recipe, progress)
 
 
 def _check(model, tokenizer, recipe: AdapterRecipe, progress: bool) -> dict[str, Any]:

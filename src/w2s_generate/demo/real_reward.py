@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["large_model_fluency", "vader_reward"]
+__all__ = ["encode_examples", "large_model_fluency", "response_logprobs", "vader_reward"]
 
 
 @functools.cache
@@ -34,38 +34,51 @@ def vader_reward(text: str) -> float:
     return float(_vader().polarity_scores(text)["compound"])
 
 
+def encode_examples(tokenizer, data: Iterable[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """``(ids, prompt length)`` per ``(opening, response)``: the response tokenized after its opening.
+
+    The response is tokenized in the context of its opening (``opening + response``); where the
+    opening's tokens are not a prefix of that, the response is tokenized alone.
+    """
+    examples = []
+    for opening, response in data:
+        prompt_ids = tokenizer(opening)["input_ids"]
+        full = tokenizer(opening + response)["input_ids"]
+        if full[: len(prompt_ids)] != prompt_ids:
+            full = prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"]
+        examples.append((full, len(prompt_ids)))
+    return examples
+
+
+def response_logprobs(model, examples: Sequence[tuple[list[int], int]], pad: int) -> torch.Tensor:
+    """``[N]`` the summed log-prob of each example's response tokens, in one right-padded forward."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    keep = torch.zeros(len(examples), width - 1)
+    for i, (row, prompt_len) in enumerate(examples):  # right padding: positions start at 0 for every row
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        keep[i, prompt_len - 1 : len(row) - 1] = 1
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logprobs = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    return (logprobs * keep).sum(-1)
+
+
 @torch.no_grad()
 def large_model_fluency(
     model, tokenizer, openings: Sequence[str], responses: Sequence[str], batch_size: int = 4
 ) -> list[float]:
     """The large model's mean token log-prob of each response given its opening (NaN when empty).
 
-    The response is tokenized in the context of its opening (``opening + response``); where the
-    opening's tokens are not a prefix of that, the response is tokenized alone.
+    The response is tokenized as `encode_examples` does.
     """
-    rows: list[tuple[list[int], int]] = []
-    for opening, response in zip(openings, responses):
-        prompt_ids = tokenizer(opening)["input_ids"]
-        full = tokenizer(opening + response)["input_ids"]
-        if full[: len(prompt_ids)] != prompt_ids:
-            full = prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"]
-        rows.append((full, len(prompt_ids)))
-    scores: list[float] = []
+    rows = encode_examples(tokenizer, zip(openings, responses))
     pad = tokenizer.pad_token_id or 0
+    scores: list[float] = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (row, _) in enumerate(batch):  # right padding: positions start at 0 for every row
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        for i, (row, prompt_len) in enumerate(batch):
-            if len(row) <= prompt_len:
-                scores.append(float("nan"))
-                continue
-            logprobs = torch.log_softmax(logits[i, prompt_len - 1 : len(row) - 1], dim=-1)
-            targets = torch.tensor(row[prompt_len:])
-            scores.append(float(logprobs.gather(-1, targets[:, None]).mean()))
+        sums = response_logprobs(model, batch, pad).tolist()
+        for (row, prompt_len), total in zip(batch, sums):
+            scores.append(total / (len(row) - prompt_len) if len(row) > prompt_len else float("nan"))
     return scores
