@@ -33,6 +33,15 @@ def _cache_keyword_of(model_class: type) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+def output_rows(model: torch.nn.Module) -> int | None:
+    """Rows of ``model``'s output table (its vocabulary, maybe padded), through a peft wrapper; ``None``
+    when it has no output embeddings to read."""
+    model = base_model(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return None if weight is None else int(weight.shape[0])
+
+
 def cache_keyword(model: torch.nn.Module) -> str:
     """The name under which ``model``'s forward takes its KV cache.
 

@@ -792,7 +792,9 @@ def load_strong(args: argparse.Namespace):
         raise LoadError(
             f"could not load the large model's tokenizer from {source}: {_reason(error)}"
         ) from error
-    _check_tokenizer_size(tokenizer, _output_rows(model), source, "--tokenizer")
+    from ._compat import output_rows
+
+    _check_tokenizer_size(tokenizer, output_rows(model), source, "--tokenizer")
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -837,10 +839,6 @@ def load_pair(args: argparse.Namespace):
         raise LoadError(f"could not load the weak pair {what}{hint}: {_reason(error)}") from error
     _check_tokenizer_size(pair.tokenizer, pair.vocab_rows, args.weak_tokenizer or what, "--weak-tokenizer")
     return pair
-
-
-def _output_rows(model) -> int:
-    return int(model.get_output_embeddings().weight.shape[0])
 
 
 def _check_tokenizer_size(tokenizer, rows: int, source: str, flag: str) -> None:

@@ -11,7 +11,7 @@ import functools
 import torch
 from transformers import LogitsProcessorList
 
-from ._compat import eos_token_ids, pad_token_id, processor_traits, run_builtin_decoding
+from ._compat import eos_token_ids, output_rows, pad_token_id, processor_traits, run_builtin_decoding
 from .pairs import WeakPair
 from .processor import WeakToStrongLogitsProcessor, check_shared_vocabulary
 from .strategy import Strategy, check_prompt_rows
@@ -149,13 +149,6 @@ def _drafted_call(
         vocab_rows=output_rows(model),
     )
     return out if config.return_dict_in_generate else out.sequences
-
-
-def output_rows(model) -> int | None:
-    """Rows of ``model``'s output table (its vocabulary, maybe padded); ``None`` when it has none to read."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    weight = getattr(head, "weight", None)
-    return None if weight is None else int(weight.shape[0])
 
 
 def insert_before_warpers(processors: LogitsProcessorList, processor) -> LogitsProcessorList:

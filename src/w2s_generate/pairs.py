@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from ._compat import base_model
+from ._compat import base_model, output_rows
 from .prompt_format import (
     CONDITION_SEPARATOR,
     encode_prompt,
@@ -39,10 +39,6 @@ def _check_causal_lm(model: torch.nn.Module, role: str) -> None:
         raise ValueError(
             f"{role} is an encoder-decoder model ({config.model_type}); weak pairs need decoder-only causal LMs."
         )
-
-
-def _vocab_rows(model: torch.nn.Module) -> int:
-    return int(base_model(model).get_output_embeddings().weight.shape[0])
 
 
 def clearly_not_its_tokenizer(tokens: int, rows: int) -> bool:
@@ -108,7 +104,7 @@ class WeakPair:
         _check_causal_lm(tuned, "tuned")
         _check_causal_lm(untuned, "untuned")
         self._check_same_placement(tuned, untuned)
-        rows_tuned, rows_untuned = _vocab_rows(tuned), _vocab_rows(untuned)
+        rows_tuned, rows_untuned = output_rows(tuned), output_rows(untuned)
         if rows_tuned != rows_untuned:
             raise ValueError(
                 f"tuned and untuned models have different vocabularies ({rows_tuned} vs {rows_untuned} rows): "
@@ -139,7 +135,7 @@ class WeakPair:
         self.coefficients = coefficients
         #: name -> coefficients over ``sides`` of each scored component (one per pair of an ensemble).
         self.components = components or {"pair": list(coefficients)}
-        rows = _vocab_rows(sides[0].model)
+        rows = output_rows(sides[0].model)
         if len(tokenizer) < rows // 2:
             raise ValueError(
                 f"The tokenizer has {len(tokenizer)} tokens for weak models with {rows} output rows: it is not "

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteriaList
 
-from ._compat import eos_token_ids, pad_token_id, processor_traits
+from ._compat import eos_token_ids, output_rows, pad_token_id, processor_traits
 from .bridge import TextBridge
 from .candidates import (
     CandidateSource,
@@ -513,7 +513,7 @@ class ChunkBeamSearch(Strategy):
             side,
             self.draft_tokens,
             cost,
-            vocab_rows=int(model.get_output_embeddings().weight.shape[0]),
+            vocab_rows=output_rows(model),
         )
 
     def _successors(self, round_index: int, best_finished: float | None, live: list[float]) -> int:
@@ -572,7 +572,7 @@ class ChunkBeamSearch(Strategy):
 
     def _bridge(self, model, tokenizer) -> TextBridge | None:
         """``None`` when the pair reads the large model's token ids directly, else a text bridge."""
-        strong_rows = int(model.get_output_embeddings().weight.shape[0])
+        strong_rows = output_rows(model)
         if tokenizer is None:
             if rows_look_padded(strong_rows, self.pair.vocab_rows):
                 return None
