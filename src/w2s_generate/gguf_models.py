@@ -25,8 +25,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,18 +124,9 @@ def _require_gguf() -> None:
 
 
 def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
-    from .demo.cache import cache_root
+    from .demo.cache import cache_root  # the demo's cache root; imported here to keep this module light
 
     return cache_root(cache_dir) / REAL_CACHE_FORMAT
-
-
-def _publish(staged: Path, final: Path) -> None:
-    """Rename a complete ``staged`` folder to ``final`` (atomic on one filesystem); a winner of a race is kept."""
-    try:
-        os.replace(staged, final)
-    except OSError:
-        if not final.exists():
-            raise
 
 
 def convert_gguf(
@@ -198,15 +187,12 @@ def convert_gguf(
         plain.load_state_dict(quantized.state_dict(), assign=True)
         plain.tie_weights()
         plain.generation_config = quantized.generation_config
-        staged = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        try:
+        from .demo.cache import publish, staging_dir
+
+        with staging_dir(final.parent) as staged:
             plain.save_pretrained(staged, safe_serialization=True)
             tokenizer.save_pretrained(staged)
-            if final.exists():
-                shutil.rmtree(final)
-            _publish(staged, final)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+            publish(staged, final)
     return final
 
 
@@ -255,10 +241,9 @@ def real_tokenizer(name: str, cache_dir: str | os.PathLike[str] | None = None):
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     final = root / f"{name}-tokenizer"
     final.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    from .demo.cache import publish, staging_dir
+
+    with staging_dir(final.parent) as staged:
         tokenizer.save_pretrained(staged)
-        _publish(staged, final)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+        publish(staged, final)
     return AutoTokenizer.from_pretrained(final)
