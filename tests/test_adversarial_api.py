@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_model, make_model_for, make_tokenizer
-from transformers import BartConfig, BartForConditionalGeneration
+from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2Model
 
 import w2s_generate as w2s
 from w2s_generate.processor import check_shared_vocabulary
@@ -534,3 +534,371 @@ def test_token_guidance_on_an_encoder_decoder_model_is_refused(bart, pair, tok):
             do_sample=True,
             max_new_tokens=4,
         )
+
+
+# --------------------------------------------------------------------------- class 7: token ids, indices and values
+# --------------------------------------------------------------------------- class 8: objects of the wrong kind
+# --------------------------------------------------------------------------- class 9: generate options a strategy does not apply
+
+
+class Returns:
+    """A selection policy returning a fixed value."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def choose(self, candidates, width):
+        return self.value
+
+
+def cbs(pair):
+    return w2s.ChunkBeamSearch(pair, 2, 2, 2)
+
+
+def bon(pair):
+    return w2s.BestOfN(pair, 2)
+
+
+def guidance(pair):
+    return w2s.TokenGuidance(pair)
+
+
+def drafted(pair):
+    return w2s.TokenGuidance(pair, draft_tokens=2)
+
+
+def prefilled_cache(tok):
+    from transformers import DynamicCache
+
+    model = tiny(tok, 0)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=torch.tensor([[5, 6]]), cache=cache, use_cache=True)
+    return cache
+
+
+# (strategy, generate arguments over the default prompt, message)
+GENERATE_CALLS = {
+    # class 7
+    "input-id-past-the-table-cbs": (
+        cbs,
+        {"input_ids": torch.tensor([[5, 400]])},
+        "input_ids holds token id 400, outside the large model's 320 rows",
+    ),
+    "input-id-negative-bon": (
+        bon,
+        {"input_ids": torch.tensor([[-3, 5]])},
+        "input_ids holds token id -3, outside the large model's 320 rows",
+    ),
+    "input-id-past-the-table-guidance": (
+        guidance,
+        {"input_ids": torch.tensor([[5, 400]])},
+        "input_ids holds token id 400",
+    ),
+    "input-id-negative-drafted-guidance": (
+        drafted,
+        {"input_ids": torch.tensor([[5, -1]])},
+        "input_ids holds token id -1",
+    ),
+    "input-ids-floats": (
+        cbs,
+        {"input_ids": torch.tensor([[5.0, 6.0]])},
+        "input_ids must hold integer token ids; got torch.float32",
+    ),
+    "input-ids-3-d": (
+        cbs,
+        {"input_ids": torch.ones(1, 2, 3, dtype=torch.long)},
+        "input_ids must be [batch, length]; got 3 dimensions",
+    ),
+    "mask-of-another-shape-cbs": (
+        cbs,
+        {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.tensor([[1, 1]])},
+        "has shape (1, 2) but input_ids (1, 3): one mask entry per token",
+    ),
+    "mask-of-another-shape-guidance": (
+        guidance,
+        {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.tensor([[1, 1]])},
+        "has shape (1, 2) but input_ids (1, 3): one mask entry per token",
+    ),
+    "mask-value-two": (
+        cbs,
+        {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.tensor([[1, 2, 1]])},
+        "attention_mask holds 2: only 0 (padding) and 1 (a token)",
+    ),
+    "stop-token-id-past-the-table": (
+        lambda p: w2s.ChunkBeamSearch(p, 2, 2, w2s.ChunkBoundary(4, stop_token_ids=[5, 400])),
+        {},
+        "stop_token_ids holds 400, outside the large model's 320 rows",
+    ),
+    "num-return-sequences-zero": (
+        cbs,
+        {"num_return_sequences": 0},
+        "num_return_sequences=0 must be at least 1",
+    ),
+    "selection-returns-bools": (
+        lambda p: w2s.ChunkBeamSearch(p, 2, 2, 2, selection=Returns([True])),
+        {},
+        "returned [True] for",
+    ),
+    # class 8
+    "inputs-embeds": (
+        cbs,
+        {"inputs_embeds": torch.zeros(1, 3, 16)},
+        "inputs_embeds: ChunkBeamSearch needs input_ids",
+    ),
+    "weak-prompts-a-string": (
+        cbs,
+        {"weak_prompts": "the film"},
+        "weak_prompts must be a list (one per prompt); got a str",
+    ),
+    "weak-prompts-a-dict": (
+        cbs,
+        {"weak_prompts": {"the film": 1}},
+        "weak_prompts must be a list (one per prompt); got a dict",
+    ),
+    "weak-prompts-entry-none": (cbs, {"weak_prompts": [None]}, "weak_prompts[0] is None"),
+    "selection-returns-none": (
+        lambda p: w2s.ChunkBeamSearch(p, 2, 2, 2, selection=Returns(None)),
+        {},
+        "returned None for",
+    ),
+    # class 9
+    "output-scores-cbs": (
+        cbs,
+        {"output_scores": True, "return_dict_in_generate": True},
+        "output_scores=True",
+    ),
+    "output-logits-bon": (
+        bon,
+        {"output_logits": True, "return_dict_in_generate": True},
+        "output_logits=True",
+    ),
+    "output-attentions-cbs": (
+        cbs,
+        {"output_attentions": True, "return_dict_in_generate": True},
+        "output_attentions=True",
+    ),
+    "output-hidden-states-bon": (
+        bon,
+        {"output_hidden_states": True, "return_dict_in_generate": True},
+        "output_hidden_states=True",
+    ),
+    "output-scores-drafted-guidance": (
+        drafted,
+        {"output_scores": True, "return_dict_in_generate": True},
+        "output_scores=True",
+    ),
+    "output-logits-drafted-guidance": (
+        drafted,
+        {"output_logits": True, "return_dict_in_generate": True},
+        "output_logits=True",
+    ),
+    "prompt-lookup-cbs": (cbs, {"prompt_lookup_num_tokens": 3}, "prompt_lookup_num_tokens=3"),
+    "dola-layers-cbs": (cbs, {"dola_layers": "high"}, "dola_layers='high'"),
+    "prefilled-cache-cbs": (cbs, {"past_key_values": "prefilled"}, "a KV cache that already holds 2 tokens"),
+    "token-type-ids-cbs": (cbs, {"token_type_ids": "zeros"}, "token_type_ids"),
+    "trace-without-dict-cbs": (
+        cbs,
+        {"return_trace": True},
+        "return_trace=True needs return_dict_in_generate=True",
+    ),
+}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("case", list(GENERATE_CALLS), ids=list(GENERATE_CALLS))
+def test_bad_generate_calls_are_refused_by_name(pair, strong, tok, case):
+    build, overrides, message = GENERATE_CALLS[case]
+    args = {**inputs(tok, ["the film was"]), "do_sample": True, "max_new_tokens": 4, **overrides}
+    if "input_ids" in overrides or "inputs_embeds" in overrides:
+        args.pop("attention_mask") if "attention_mask" not in overrides else None
+    if "inputs_embeds" in overrides:
+        args.pop("input_ids")
+    if args.get("past_key_values") == "prefilled":
+        args["past_key_values"] = prefilled_cache(tok)
+    if args.get("token_type_ids") == "zeros":
+        args["token_type_ids"] = torch.zeros_like(args["input_ids"])
+    with pytest.raises((ValueError, TypeError)) as error:
+        strong.generate(**args, custom_generate=build(pair))
+    assert message in str(error.value)
+
+
+# Through strategy= (after enable): what transformers would drop or fail on deep inside is refused first.
+STRATEGY_CALLS = {
+    "strategy-a-class": (
+        lambda p: w2s.ChunkBeamSearch,
+        {},
+        "strategy is the class ChunkBeamSearch: pass an instance",
+    ),
+    "assistant-model-cbs": (cbs, {"assistant_model": "tiny"}, "assistant_model"),
+    "assistant-model-guidance": (guidance, {"assistant_model": "tiny"}, "assistant_model"),
+    "input-ids-a-list": (
+        cbs,
+        {"input_ids": [[5, 6]]},
+        "input_ids must be a torch tensor of token ids; got a list",
+    ),
+    "input-ids-numpy": (
+        cbs,
+        {"input_ids": np.array([[5, 6]])},
+        "input_ids must be a torch tensor of token ids; got a ndarray",
+    ),
+    "input-ids-1-d": (
+        guidance,
+        {"input_ids": torch.tensor([5, 6])},
+        "input_ids is 1-D: add the batch dimension",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(STRATEGY_CALLS), ids=list(STRATEGY_CALLS))
+def test_bad_calls_through_strategy_are_refused_by_name(pair, strong, tok, case):
+    build, overrides, message = STRATEGY_CALLS[case]
+    args = {**inputs(tok, ["the film was"]), "do_sample": True, "max_new_tokens": 4, **overrides}
+    if "input_ids" in overrides:
+        args.pop("attention_mask")
+    if args.get("assistant_model") == "tiny":
+        args["assistant_model"] = tiny(tok, 9)
+    with pytest.raises((ValueError, TypeError)) as error:
+        strong.generate(**args, strategy=build(pair))
+    assert message in str(error.value)
+
+
+CONSTRUCTORS = {
+    "selection-a-class": (
+        lambda p, t: w2s.ChunkBeamSearch(p, 2, 2, 2, selection=w2s.TopDistinct),
+        "selection is the class TopDistinct: pass an instance, TopDistinct()",
+    ),
+    "budget-a-class": (
+        lambda p, t: w2s.ChunkBeamSearch(p, 2, w2s.ConstantBudget),
+        "successors_per_beam is the class ConstantBudget: pass an instance, ConstantBudget(",
+    ),
+    "boundary-a-class": (
+        lambda p, t: w2s.ChunkBeamSearch(p, 2, 2, w2s.ChunkBoundary),
+        "chunk_length is the class ChunkBoundary: pass an instance, ChunkBoundary(",
+    ),
+    "guidance-a-tuple-of-models": (
+        lambda p, t: w2s.TokenGuidance((tiny(t, 1), tiny(t, 2))),
+        "got a tuple: build one with w2s.WeakPair(tuned, untuned, tokenizer)",
+    ),
+    "search-a-tuple-of-models": (
+        lambda p, t: w2s.ChunkBeamSearch((tiny(t, 1), tiny(t, 2))),
+        "got a tuple: build one with w2s.WeakPair(tuned, untuned, tokenizer)",
+    ),
+    "stop-token-ids-an-int": (
+        lambda p, t: w2s.ChunkBoundary(4, stop_token_ids=5),
+        "stop_token_ids must be a list of token ids; got an int: wrap it, [5]",
+    ),
+    "stop-token-ids-texts": (
+        lambda p, t: w2s.ChunkBoundary(4, stop_token_ids=["\n"]),
+        "texts go in stop_strings=",
+    ),
+    "schedule-a-set": (
+        lambda p, t: w2s.ScheduledBudget({8, 4}),
+        "schedule must be a list (its order is the rounds'); got a set",
+    ),
+    "enable-a-tokenizer": (
+        lambda p, t: w2s.enable(t),
+        "enable takes a transformers model (with generate()); got a",
+    ),
+    "enable-a-string": (
+        lambda p, t: w2s.enable("gpt2"),
+        "enable takes a transformers model (with generate()); got a str",
+    ),
+    "pair-without-an-lm-head": (
+        lambda p, t: w2s.WeakPair(
+            *(GPT2Model(GPT2Config(vocab_size=320, n_embd=16, n_layer=1, n_head=2)) for _ in "ab"), t
+        ),
+        "tuned has no output embeddings (GPT2Model): a weak side scores tokens with its language-model head; load "
+        "it with AutoModelForCausalLM",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CONSTRUCTORS), ids=list(CONSTRUCTORS))
+def test_objects_of_the_wrong_kind_are_refused_by_name(pair, tok, case):
+    build, message = CONSTRUCTORS[case]
+    with pytest.raises((ValueError, TypeError)) as error:
+        build(pair, tok)
+    assert message in str(error.value)
+
+
+def test_stop_token_ids_as_a_tensor_are_token_ids():
+    assert w2s.ChunkBoundary(4, stop_token_ids=torch.tensor([5, 6])).stop_token_ids == [5, 6]
+
+
+def test_numpy_draft_tokens_are_integers(pair):
+    strategy = w2s.TokenGuidance(pair, draft_tokens=np.int64(2))
+    assert strategy.draft_tokens == 2 and type(strategy.draft_tokens) is int
+
+
+@pytest.mark.parametrize(
+    "prompt", [[np.int64(5), np.int64(6)], np.array([5, 6])], ids=["numpy-integers", "numpy-array"]
+)
+def test_numpy_prompt_ids_score_as_a_list(pair, prompt):
+    torch.testing.assert_close(pair.score([prompt], [" great"]), pair.score([[5, 6]], [" great"]))
+
+
+# (call on the pair, message)
+PAIR_VALUES = {
+    "response-id-past-the-table": (
+        lambda p: p.score(["a"], [[5, 999]]),
+        "A response holds token id 999, outside the weak models' 320 rows",
+    ),
+    "response-id-negative": (lambda p: p.score(["a"], [[-1]]), "A response holds token id -1"),
+    "response-ids-floats": (lambda p: p.score(["a"], [[5.0, 6.7]]), "token ids must be integers; got 5.0"),
+    "response-ids-bools": (lambda p: p.score(["a"], [[True]]), "token ids must be integers; got True"),
+    "response-list-of-texts": (
+        lambda p: p.score(["a"], [["great", "film"]]),
+        "responses[0] is a list of str: join",
+    ),
+    "response-none": (lambda p: p.score(["a"], [None]), "responses[0] is None"),
+    "response-a-dict": (
+        lambda p: p.score(["a"], [{"role": "assistant", "content": " x"}]),
+        "responses[0] is a dict",
+    ),
+    "response-2-d-tensor": (
+        lambda p: p.score(["a"], [torch.tensor([[5, 6]])]),
+        "responses[0] is a 2-D tensor",
+    ),
+    "prompt-empty-id-list": (lambda p: p.score([[]], [" x"]), "prompts[0] is an empty list"),
+    "prompt-float-ids": (lambda p: p.score([[5, 6.0]], [" x"]), "token ids must be integers; got 6.0"),
+    "prompt-bool-ids": (lambda p: p.score([[True, 5]], [" x"]), "token ids must be integers; got True"),
+    "prompt-2-d-tensor": (lambda p: p.score([torch.tensor([[5, 6]])], [" x"]), "prompts[0] is a 2-D tensor"),
+    "prompts-3-d-tensor": (
+        lambda p: p.score(torch.ones(1, 2, 3, dtype=torch.long), [" x"]),
+        "prompts[0] is a 2-D tensor",
+    ),
+    "prompt-a-lone-message": (
+        lambda p: p.score([{"role": "user", "content": "hi"}], [" x"]),
+        "prompts[0] is one message (a dict): a chat prompt is a list of messages, wrap it",
+    ),
+    "prompt-list-of-texts": (
+        lambda p: p.score([["the", "film"]], [" x"]),
+        "prompts[0] is a list of str: join",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PAIR_VALUES), ids=list(PAIR_VALUES))
+def test_bad_values_given_to_a_pair_are_refused_before_any_forward(pair, case):
+    call, message = PAIR_VALUES[case]
+    with pytest.raises((ValueError, TypeError)) as error:
+        call(pair)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "chunk, message",
+    [
+        (w2s.Chunk(None, False), "returned a Chunk whose text is None"),
+        (w2s.Chunk(" x", "no"), "returned a Chunk whose finished is 'no'"),
+    ],
+    ids=["chunk-text-none", "chunk-finished-text"],
+)
+def test_a_sampler_returning_malformed_chunks_is_named(pair, chunk, message):
+    class Fixed:
+        def sample(self, prefixes, n, max_tokens):
+            return [[chunk] * n for _ in prefixes]
+
+    with pytest.raises(TypeError) as error:
+        w2s.ChunkBeamSearch(pair, 2, 2, 2).run(["the film was"], sampler=Fixed(), max_new_tokens=4)
+    assert message in str(error.value)

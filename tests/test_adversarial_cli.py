@@ -12,7 +12,12 @@ import http.client
 import http.server
 import json
 import math
+import os
+import resource
+import subprocess
+import sys
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -23,6 +28,7 @@ from hypothesis import strategies as st
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from w2s_generate import cli
+from w2s_generate.cli import generate_command
 
 FAST = ["--max-new-tokens", "4", "--no-progress"]
 
@@ -43,6 +49,22 @@ def models(tmp_path_factory) -> dict[str, Path]:
         torch.manual_seed(seed)
         GPT2LMHeadModel(config).save_pretrained(dirs[name])
         tok.save_pretrained(dirs[name])
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(5)
+    config = LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False)
+    peft_model = get_peft_model(GPT2LMHeadModel.from_pretrained(dirs["untuned"]), config)
+    dirs["adapter"] = root / "adapter"
+    peft_model.save_pretrained(dirs["adapter"])
+    dirs["orphan-adapter"] = root / "orphan-adapter"  # its base was moved away
+    peft_model.peft_config["default"].base_model_name_or_path = "../moved-away"
+    with warnings.catch_warnings():  # peft notes that it cannot read the moved base's config
+        warnings.simplefilter("ignore", UserWarning)
+        peft_model.save_pretrained(dirs["orphan-adapter"])
+    dirs["bare"] = root / "bare"  # weights without tokenizer files
+    make_model("gpt2", len(tok), 0, width=16, layers=1).save_pretrained(dirs["bare"])
+    dirs["empty"] = root / "empty"
+    dirs["empty"].mkdir()
     return dirs
 
 
@@ -135,6 +157,58 @@ USAGE = {
     ),
     "weights-nan": (["--weights", "nan"], "argument --weights: must be a finite number, got nan"),
     "out-is-the-prompts-file": (["--prompts", "SELF"], "is the --prompts file"),
+    # bad flag values (new in round three)
+    "model-empty": (["--model", ""], "argument --model: must not be empty"),
+    "out-empty": (["--out", ""], "argument --out: must not be empty: give a file name"),
+    "adapter-empty": (["--adapter", ""], "argument --adapter: must not be empty"),
+    "tokenizer-empty": (["--tokenizer", ""], "argument --tokenizer: must not be empty"),
+    "weak-tokenizer-empty": (["--weak-tokenizer", ""], "argument --weak-tokenizer: must not be empty"),
+    "device-map-unknown": (
+        ["--device-map", "gpu0"],
+        "argument --device-map: must be auto, balanced, balanced_low_0, sequential, cpu or a device such as "
+        "cuda:0, got 'gpu0'",
+    ),
+    "api-key-env-empty": (
+        ["--endpoint", "http://127.0.0.1:1/v1", "--api-key-env", ""],
+        "argument --api-key-env: must be the name of an environment variable, got ''",
+    ),
+    "api-key-env-not-a-name": (
+        ["--endpoint", "http://127.0.0.1:1/v1", "--api-key-env", "sk-123 abc"],
+        "argument --api-key-env: must be the name of an environment variable (the key itself is read from it)",
+    ),
+    "api-key-env-unset": (
+        ["--endpoint", "http://127.0.0.1:1/v1", "--api-key-env", "W2S_TEST_NEVER_SET"],
+        "--api-key-env W2S_TEST_NEVER_SET: that environment variable is not set",
+    ),
+    # conflicting options, refused by name (new in round three)
+    "draft-tokens-with-chunk-stop": (
+        ["--draft-tokens", "2", "--chunk-stop", "."],
+        "--draft-tokens needs chunks of a fixed length, which --chunk-stop ends early: give one",
+    ),
+    "top-k-with-endpoint": (
+        ["--endpoint", "http://127.0.0.1:1/v1", "--top-k", "5"],
+        "--top-k is not sent to --endpoint (the completions API has no top_k)",
+    ),
+    "top-p-with-greedy": (
+        ["--method", "token", "--temperature", "0", "--top-p", "0.9"],
+        "--top-p applies to sampling, and --temperature 0 is greedy decoding: drop --top-p",
+    ),
+    "top-k-with-greedy": (
+        ["--method", "token", "--temperature", "0", "--top-k", "5"],
+        "--top-k applies to sampling, and --temperature 0 is greedy decoding: drop --top-k",
+    ),
+    "tuned-is-untuned": (
+        ["--untuned", "./T"],
+        "--tuned ./T and --untuned ./T are one checkpoint: every log-ratio would be 0",
+    ),
+    "adapter-twice": (
+        ["--adapter", "./A", "--adapter", "./A"],
+        "--adapter ./A is given twice: give it once (with --weights for a larger weight)",
+    ),
+    "prompt-and-prompts": (
+        ["--prompts", "p.jsonl", "--prompt", "x"],
+        "argument --prompt: not allowed with argument --prompts",
+    ),
 }
 
 
@@ -150,8 +224,9 @@ def test_bad_flags_are_one_line_usage_errors_before_any_model_loads(case, tmp_pa
         args += ["--method", "cbs"]
     if "--prompts" not in extra:
         args += ["--prompt", "the film"]
-    if case == "weights-nan":
-        args = [a for a in args if a not in ("--tuned", "./T", "--untuned", "./U")] + ["--adapter", "./A"]
+    if case == "weights-nan" or "--adapter" in extra:
+        args = [a for a in args if a not in ("--tuned", "./T", "--untuned", "./U")]
+        args += [] if "--adapter" in extra else ["--adapter", "./A"]
     with pytest.raises(SystemExit) as exit_info:  # argparse's usage error: nothing was loaded
         cli.main(args + extra)
     assert exit_info.value.code == 2
@@ -214,6 +289,21 @@ BAD_RECORDS = {
     "lone-surrogate": ('{"prompt": "bad \\ud800 text"}', "unpaired surrogate ('\\ud800' at character 4)"),
     "nested-too-deeply": ('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
     "huge-integer": ('{"prompt": "x", "id": ' + "9" * 5000 + "}", "not valid JSON"),
+    "duplicated-key": ('{"prompt": "a", "prompt": "b"}', 'the key "prompt" appears twice in one object'),
+    "misspelt-weak-prompt": (
+        '{"prompt": "x", "weak-prompt": "y"}',
+        'unknown field "weak-prompt": did you mean "weak_prompt"?',
+    ),
+    "misspelt-id": ('{"prompt": "x", "ID": 7}', 'unknown field "ID": did you mean "id"?'),
+    "a-json-array-of-records": (
+        '[{"prompt": "a"}, {"prompt": "b"}]',
+        "got a list: --prompts takes JSON lines, one object per line, not a JSON array",
+    ),
+    "prompt-an-object": ('{"prompt": {"text": "x"}}', '"prompt" must be text or a non-empty list'),
+    "content-as-parts": (
+        '{"prompt": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}',
+        '"prompt"[0] is not a chat message',
+    ),
     "longer-than-the-large-model": (
         json.dumps({"prompt": LONG}),
         "tokens for the large model, whose context holds 256: shorten the prompt",
@@ -272,8 +362,8 @@ def test_a_prompt_over_the_weak_models_context_is_found_before_generating(
     models, tmp_path, capsys, monkeypatch
 ):
     calls = []
-    real = cli._generate_batch
-    monkeypatch.setattr(cli, "_generate_batch", lambda *a: calls.append(1) or real(*a))
+    real = generate_command.generate_batch
+    monkeypatch.setattr(generate_command, "generate_batch", lambda *a: calls.append(1) or real(*a))
     prompts = write_lines(
         tmp_path / "p.jsonl", [{"prompt": WEAK_LONG, "id": "long"}, {"prompt": "a", "id": "ok"}]
     )
@@ -301,14 +391,14 @@ FAULTS = {
 
 
 def fail_on(monkeypatch, marker: str, error: BaseException):
-    real = cli._generate_batch
+    real = generate_command.generate_batch
 
     def fake(model, tokenizer, strategy, batch, args):
         if any(marker in str(p.record.prompt) for p in batch):
             raise error
         return real(model, tokenizer, strategy, batch, args)
 
-    monkeypatch.setattr(cli, "_generate_batch", fake)
+    monkeypatch.setattr(generate_command, "generate_batch", fake)
 
 
 def quick(models, out, *extra):
@@ -385,7 +475,7 @@ def test_a_result_that_cannot_be_kept_is_a_bad_line_not_written(models, tmp_path
         rows = [0, 1] if len(batch) == 2 else [["a", "b"].index(batch[0].record.prompt)]
         return [returned[0][i] for i in rows], [returned[1][i] for i in rows], None
 
-    monkeypatch.setattr(cli, "_generate_batch", fake)
+    monkeypatch.setattr(generate_command, "generate_batch", fake)
     out = tmp_path / "o.jsonl"
     code = quick(models, out, "--prompt", "a", "--prompt", "b", "--batch-size", "2")
     err = capsys.readouterr().err
@@ -400,7 +490,7 @@ def test_an_unexpected_failure_outside_any_prompt_is_one_line(models, tmp_path, 
     def broken(args):
         raise KeyError("something nobody expected")
 
-    monkeypatch.setattr(cli, "_load", broken)
+    monkeypatch.setattr(generate_command, "load_models", broken)
     code = cli.main(argv(models, tmp_path / "o.jsonl", "--prompt", "a"))
     err = capsys.readouterr().err
     assert code == 1 and "error: KeyError: 'something nobody expected'" in err and "--verbose" in err
@@ -558,7 +648,154 @@ def test_a_damaged_results_file_is_reported_and_the_run_resumes(models, tmp_path
     assert sorted(kept) == [1, 2, 3]  # 1 kept, not answered again; 2 and 3 answered once
 
 
-# --------------------------------------------------------------------------- class 6: fuzzing the JSON-lines reader
+# --------------------------------------------------------------------------- class 6: the wrong kind of file
+
+WRONG_FILES = {  # flag -> what it points at, and the one error line expected (before any model loads)
+    "model-is-a-file": (
+        ["--model", "PROMPTS"],
+        "--model {PROMPTS} is a file, not a model folder: give the folder that holds config.json, or a hub id",
+    ),
+    "model-folder-without-config": (
+        ["--model", "empty"],
+        "--model {empty} holds no config.json: it is not a model folder",
+    ),
+    "model-without-tokenizer-files": (
+        ["--model", "bare"],
+        "--model {bare} holds no tokenizer files: save the tokenizer next to the model, or pass --tokenizer",
+    ),
+    "tokenizer-folder-without-tokenizer-files": (
+        ["--tokenizer", "bare"],
+        "--tokenizer {bare} holds no tokenizer files",
+    ),
+    "weak-tokenizer-is-a-file": (
+        ["--weak-tokenizer", "PROMPTS"],
+        "--weak-tokenizer {PROMPTS} is a file, not a tokenizer folder",
+    ),
+    "adapter-is-a-full-checkpoint": (
+        ["--adapter", "tuned"],
+        "--adapter {tuned} holds no adapter_config.json: it is not a LoRA adapter; for two full checkpoints "
+        "use --tuned T --untuned U",
+    ),
+    "tuned-is-an-adapter": (
+        ["--tuned", "adapter"],
+        "--tuned {adapter} is a LoRA adapter, not a full checkpoint: pass it as --adapter {adapter}",
+    ),
+    "untuned-is-an-adapter": (
+        ["--untuned", "adapter"],
+        "--untuned {adapter} is a LoRA adapter, not a full checkpoint",
+    ),
+    "adapter-base-moved-away": (
+        ["--adapter", "orphan-adapter"],
+        "--adapter {orphan-adapter}: its base model ../moved-away (adapter_config.json's base_model_name_or_path, "
+        "read from the adapter's folder) is not there",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_FILES), ids=list(WRONG_FILES))
+def test_the_wrong_kind_of_file_is_refused_before_any_model_loads(
+    case, models, tmp_path, capsys, monkeypatch
+):
+    from transformers import AutoModelForCausalLM
+
+    loaded = []
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loaded.append(a) or 1 / 0)
+    prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": "a"}])
+    extra, message = WRONG_FILES[case]
+    paths = {name: str(path) for name, path in models.items()} | {"PROMPTS": str(prompts)}
+    extra = [paths.get(e, e) for e in extra]
+    for name, path in paths.items():
+        message = message.replace("{" + name + "}", path)
+    args = argv(models, tmp_path / "o.jsonl", "--prompts", str(prompts))
+    if "--adapter" in extra:
+        for flag in ("--tuned", "--untuned"):
+            del args[args.index(flag) : args.index(flag) + 2]
+    code = cli.main(args + extra)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1 and message in errors[0], err
+    assert loaded == []
+    assert not (tmp_path / "o.jsonl").exists()
+    no_traceback(err)
+
+
+def test_a_prompts_file_that_is_not_json_lines_is_refused(models, tmp_path, capsys):
+    binary = tmp_path / "model.safetensors"
+    binary.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}" + bytes(range(256)) * 4)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    for path, message in (
+        (binary, f"--prompts {binary} is not a text file (it holds NUL bytes): give a JSON-lines file"),
+        (
+            empty,
+            f'--prompts {empty} holds no prompts: give one JSON object per line, e.g. {{"prompt": "..."}}',
+        ),
+    ):
+        code = cli.main(argv(models, tmp_path / "o.jsonl", "--prompts", str(path)))
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+        assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("kind", ["model-config", "model-weights", "prompts-like"])
+def test_an_out_file_that_holds_no_results_is_refused_and_left_as_it_is(models, tmp_path, capsys, kind):
+    out = tmp_path / "o.jsonl"
+    if kind == "model-config":
+        out.write_bytes((models["strong"] / "config.json").read_bytes().rstrip(b"\n"))
+    elif kind == "model-weights":
+        out.write_bytes((models["strong"] / "model.safetensors").read_bytes())
+    else:
+        out.write_text(json.dumps({"prompt": "the film"}) + "\n")
+    before = out.read_bytes()
+    code = cli.main(argv(models, out, "--prompt", "a"))
+    err = capsys.readouterr().err
+    assert code == 2 and f"--out {out} is not a results file" in err and "give another --out" in err, err
+    assert err.count("\n") == 1
+    assert out.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- class 7: outputs that are not regular files
+
+
+def run_limited(args: list[str], seconds: float = 60) -> subprocess.CompletedProcess:
+    """The CLI in a child with 3 GiB of address space: a run that reads without end fails, not the machine."""
+
+    def limits():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    return subprocess.run(
+        [sys.executable, "-m", "w2s_generate.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=seconds,
+        preexec_fn=limits,
+    )
+
+
+@pytest.mark.parametrize("kind", ["dev-full", "dev-null", "fifo", "link-to-dev-null", "prompts-dev-zero"])
+def test_a_path_that_is_not_a_regular_file_is_refused_at_once(models, tmp_path, kind):
+    out, prompts = tmp_path / "o.jsonl", write_lines(tmp_path / "p.jsonl", [{"prompt": "a"}])
+    if kind == "dev-full":
+        out = Path("/dev/full")
+    elif kind == "dev-null":
+        out = Path("/dev/null")
+    elif kind == "fifo":
+        os.mkfifo(out)
+    elif kind == "link-to-dev-null":
+        out.symlink_to("/dev/null")
+    else:
+        prompts = Path("/dev/zero")
+    result = run_limited(argv(models, out, "--prompts", str(prompts)))
+    what = {"fifo": "a named pipe (FIFO)", "prompts-dev-zero": "a character device"}.get(
+        kind, "a character device"
+    )
+    flag, path = ("--prompts", prompts) if kind == "prompts-dev-zero" else ("--out", out)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{flag} {path} is {what}, not a regular file" in result.stderr, result.stderr[-2000:]
+    assert "give" in result.stderr and "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- class 8: fuzzing the JSON-lines reader
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),

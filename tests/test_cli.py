@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -276,7 +278,7 @@ def test_policy_flags_build_the_policies(policy, kinds):
     parser = cli.build_parser()
     argv = ["generate", "--model", "M", "--adapter", "A", "--method", "cbs", "--prompt", "x", "--out", "o"]
     args = parser.parse_args(argv + policy)
-    cli._check_generate_args(args._parser, args)
+    cli.check_generate_args(args._parser, args)
     strategy = cli.make_strategy(args, pair, None)
     selection, budget, stops = kinds
     assert type(strategy.selection).__name__ == selection
@@ -537,6 +539,35 @@ def test_ctrl_c_says_one_line_and_a_rerun_resumes(models, tmp_path):
     assert sorted(ids) == list(range(1, 201))
 
 
+def test_sigterm_is_handled_like_ctrl_c(models, tmp_path):
+    prompts = tmp_path / "many.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"the film was {i}"}) + "\n" for i in range(300)))
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", "--model", str(models["strong"]), *pair_args(models), "--method", "bon", "--n", "2"]
+    argv += ["--max-new-tokens", "3", "--prompts", str(prompts), "--out", str(out), "--no-progress"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "w2s_generate.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while (not out.exists() or out.read_text().count("\n") < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # what `kill`, a job scheduler or a container stop sends
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    assert err.strip().splitlines() == [
+        f"w2s-generate: terminated (SIGTERM); {out} holds every result finished so far, and a rerun resumes "
+        "after them"
+    ]
+    done = [json.loads(line)["id"] for line in out.read_text().splitlines()]  # every line is whole
+    assert done == list(range(1, len(done) + 1)) and 2 <= len(done) < 300
+    resumed = run_cli(*argv, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert sorted(json.loads(line)["id"] for line in out.read_text().splitlines()) == list(range(1, 301))
+
+
 def test_library_warnings_are_quiet_unless_verbose(tmp_path):
     script = (
         "import sys, warnings, dataclasses\n"
@@ -570,3 +601,45 @@ def test_load_errors_hint_at_their_cause(models, tmp_path, capsys):
     assert "--adapter ./missing-adapter: no such file or folder" in err and "safetensors" not in err
     assert cli.main(base + ["--model", str(models["pickled"]), *pair_args(models)]) == 2
     assert "safetensors" in capsys.readouterr().err  # the hint where it is the cause
+
+
+# --------------------------------------------------------------------------- the demo's own models
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory) -> Path:
+    """A cache root holding ``demo-v1`` as ``w2s-generate demo --task synthetic`` builds it (quick steps)."""
+    from w2s_generate.demo import train_demo_models
+
+    root = tmp_path_factory.mktemp("demo-cache")
+    train_demo_models(root, progress=False, scale=0.02)
+    return root
+
+
+def documented_demo_command() -> list[str]:
+    """The ``w2s-generate generate`` command that docs/recipes/demo.md shows on the cached demo models."""
+    page = (Path(__file__).parents[1] / "docs" / "recipes" / "demo.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", page, flags=re.S)
+    [block] = [b for b in blocks if "w2s-generate generate" in b and "demo-v1" in b]
+    return shlex.split(block.replace("\\\n", " "))
+
+
+def test_the_documented_command_runs_on_the_demo_models(demo_cache, tmp_path, monkeypatch, capsys):
+    command = documented_demo_command()
+    assert command[:2] == ["w2s-generate", "generate"]
+    argv = [a.replace("~/.cache/w2s_generate", str(demo_cache)) for a in command[1:]]
+    work = tmp_path / "elsewhere"  # not the cache: the adapter's base (../weak) is found all the same
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert cli.main(argv + ["--no-progress"]) == 0, capsys.readouterr().err
+    [result] = read_results(work / "demo-results.jsonl")
+    assert result["prompt"] == "the film was" and isinstance(result["response"], str)
+    assert result["response"].strip() and isinstance(result["log_ratio"], float)
+    for folder in ("strong", "weak", "weak-positive-lora"):  # each model folder holds its tokenizer
+        assert (demo_cache / "demo-v1" / folder / "tokenizer.json").is_file()
+    # The Python loaders read the adapter's base the same way, from any working folder.
+    import w2s_generate as w2s
+
+    adapter = demo_cache / "demo-v1" / "weak-positive-lora"
+    assert w2s.WeakPair.from_pretrained(adapter).vocab_rows > 1
+    assert len(w2s.GuidanceEnsemble.from_adapters([adapter], [1.0]).sides) == 2

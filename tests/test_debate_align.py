@@ -148,6 +148,24 @@ def test_preference_pairs_match_the_trace(strong, pair, tokenizer, per_round):
     )
 
 
+def test_a_discarded_copy_of_a_kept_response_is_never_rejected():
+    """The search keeps one copy of identical responses and marks the others not kept: such a copy
+    was kept all the same, so it is no "rejected" response."""
+    round0 = w2s.RoundTrace(
+        round=0,
+        prompt_index=torch.tensor([0, 0, 0, 0, 1, 1, 1]),
+        responses=[" great", " fine", " great", " awful", " dull", " odd", " dull"],
+        scores=torch.tensor([2.0, 1.0, 2.0, -1.0, 0.5, 0.1, 0.5]),
+        side_scores=torch.zeros(2, 7),
+        kept=torch.tensor([True, True, False, False, True, True, False]),
+    )
+    records = w2s.preference_pairs([round0], ["the film was", "a story"], pairs_per_round=3)
+    # Prompt 0: " great" over " awful"; " fine" has no discarded partner left. Prompt 1: none.
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in records] == [
+        ("the film was", " great", " awful")
+    ]
+
+
 def test_preference_pairs_of_a_text_trace_need_no_decoding(pair):
     class Words:
         def sample(self, prefixes, n, max_tokens):

@@ -177,3 +177,46 @@ def test_internal_links_resolve(site):
             if target is not None and not target.is_file():
                 broken.append(f"{site.name(page)}: {link}")
     assert not broken, "internal links to missing files:\n" + "\n".join(sorted(set(broken)))
+
+
+# An object documented under its defining module's path (w2s_generate.candidates.LocalModelSource):
+# the API page promises every public name imports from w2s_generate itself.
+MODULE_PATH_ID = re.compile(r'id="(w2s_generate\.[a-z_]+\.[A-Za-z_]+)"')
+
+
+def test_the_api_page_documents_names_as_they_are_imported(site):
+    api = next(p for p in site.pages if site.name(p) == "api/index.html")
+    found = sorted(set(MODULE_PATH_ID.findall(api.path.read_text(encoding="utf-8"))))
+    assert not found, "documented under a submodule path, not as w2s_generate.<Name>:\n" + "\n".join(found)
+
+
+def _stylesheets(site: Site, page: Page) -> str:
+    css = []
+    for link in page.links:
+        target = _target(site, page, link)
+        if target is not None and target.suffix == ".css" and target.is_file():
+            css.append(target.read_text(encoding="utf-8"))
+    return "\n".join(css)
+
+
+CODE_WRAPS = re.compile(r"pre\s*>\s*code\s*\{[^}]*white-space:\s*pre-wrap", re.S)
+
+
+def test_code_blocks_wrap_at_the_column(site):
+    """The column holds about 80 characters of code at 1280 px; longer lines scroll out of sight unless
+    code blocks wrap."""
+    unwrapped = [
+        site.name(page)
+        for page in site.pages
+        if "<pre" in page.path.read_text(encoding="utf-8") and not CODE_WRAPS.search(_stylesheets(site, page))
+    ]
+    assert not unwrapped, "pages whose code blocks do not wrap (extra_css):\n" + "\n".join(unwrapped)
+
+
+def test_install_instructions_are_from_a_clone(site):
+    """The package is not on an index: no page tells to pip install it by name."""
+    by_name = re.compile(r"pip install ['\"]?w2s-generate")
+    found = [f"{site.name(p)}: {m.group(0)}" for p in site.pages for m in by_name.finditer(p.text)]
+    assert not found, "install by package name (not on an index):\n" + "\n".join(found)
+    home = next(p for p in site.pages if site.name(p) == "index.html")
+    assert "pip install -e ." in home.text and "make install" in home.text

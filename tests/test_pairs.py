@@ -52,7 +52,9 @@ def test_failed_mixed_forward_leaves_no_hooks(family, tokenizer):
     pair = w2s.WeakPair.from_peft(peft_model, tokenizer)
     reference = pair.score(PROMPTS, RESPONSES)
     with pytest.raises(IndexError):
-        pair.score(["the film"], [[10**6]])  # an id past the vocabulary fails inside the forward
+        # An id past the vocabulary, fed to the state directly (score() refuses it before any forward),
+        # fails inside the forward.
+        pair.start(["the film"]).extend(torch.tensor([[10**6]]))
     # A plain forward afterwards must see no stale adapter_names hooks.
     ids = tokenizer(PROMPTS[:1], return_tensors="pt")["input_ids"]
     peft_model(input_ids=ids)

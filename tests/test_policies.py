@@ -110,6 +110,67 @@ def test_stochastic_selection_draws_survivors_by_softmax_without_replacement():
     assert stat < chi_square_limit(df), (stat, df)
 
 
+def stochastic_search(strong, pair, tokenizer, policy, seed):
+    inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    torch.manual_seed(seed)
+    return strong.generate(
+        **inputs,
+        custom_generate=w2s.ChunkBeamSearch(pair, 2, 3, 2, selection=policy),
+        do_sample=True,
+        max_new_tokens=8,
+        num_return_sequences=2,
+        return_dict_in_generate=True,
+        return_trace=True,
+    )
+
+
+def kept_rows(out):
+    return [r.kept.tolist() for r in out.trace]
+
+
+def test_stochastic_selection_is_reproducible_under_torch_manual_seed(strong, pair, tokenizer):
+    """Two policies built alike, under one torch seed, keep the same rows; another seed keeps others."""
+    runs = [stochastic_search(strong, pair, tokenizer, w2s.StochasticSelection(5.0), 0) for _ in range(2)]
+    assert torch.equal(runs[0].sequences, runs[1].sequences)
+    assert kept_rows(runs[0]) == kept_rows(runs[1])
+    others = [
+        kept_rows(stochastic_search(strong, pair, tokenizer, w2s.StochasticSelection(5.0), s)) for s in (1, 2)
+    ]
+    assert any(k != kept_rows(runs[0]) for k in others)
+
+
+def test_a_reused_stochastic_policy_repeats_an_identical_call(strong, pair, tokenizer):
+    for policy in (w2s.StochasticSelection(5.0), w2s.StochasticSelection(5.0, seed=3)):
+        first = stochastic_search(strong, pair, tokenizer, policy, 0)
+        again = stochastic_search(strong, pair, tokenizer, policy, 0)
+        assert torch.equal(first.sequences, again.sequences), policy
+        assert kept_rows(first) == kept_rows(again), policy
+
+
+def test_stochastic_selection_with_a_seed_or_a_generator():
+    candidates = [Candidate(s, i % 2, False) for i, s in enumerate((2.0, 1.9, 1.8, 1.7, 1.6, 1.5))]
+    seeded = w2s.StochasticSelection(50.0, seed=11)
+    draws = []
+    for torch_seed in (0, 1):  # seed= starts the same stream at every search, whatever torch's seed
+        torch.manual_seed(torch_seed)
+        seeded.reset()
+        draws.append([seeded.choose(candidates, 3) for _ in range(6)])
+    assert draws[0] == draws[1]
+    # A generator of your own is drawn from as it stands: seeding it repeats the draws.
+    generator = torch.Generator().manual_seed(4)
+    own = w2s.StochasticSelection(50.0, generator=generator)
+    first = [own.choose(candidates, 3) for _ in range(6)]
+    generator.manual_seed(4)
+    own.reset()  # leaves a given generator alone
+    assert [own.choose(candidates, 3) for _ in range(6)] == first
+    with pytest.raises(ValueError, match=r"either seed= .* or generator= .* not both"):
+        w2s.StochasticSelection(1.0, seed=1, generator=generator)
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator .*; got a int"):
+        w2s.StochasticSelection(1.0, generator=4)
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0 \(or None\); got -1"):
+        w2s.StochasticSelection(1.0, seed=-1)
+
+
 def test_selection_policy_that_breaks_its_contract_is_refused(strong, pair, tokenizer):
     class Greedy:
         def choose(self, candidates, width):

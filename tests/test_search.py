@@ -58,6 +58,32 @@ def test_width_one_reproduces_sampling_that_stops_at_eos(strong, pair, tokenizer
         assert torch.equal(plain, searched)
 
 
+@pytest.mark.parametrize(
+    "boundary",
+    [
+        w2s.ChunkBoundary(6, stop_token_ids=list(range(40, 200, 3))),
+        w2s.ChunkBoundary(None, stop_token_ids=list(range(40, 200, 5))),
+        w2s.ChunkBoundary(5, stop_strings=["e", "a"]),
+    ],
+    ids=["stop-tokens", "stop-tokens-whole", "stop-strings"],
+)
+def test_width_one_reproduces_plain_sampling_of_a_batch_under_stop_boundaries(
+    strong, pair, tokenizer, boundary
+):
+    """Chunks that end at stop tokens or strings, on a batch whose rows also end at EOS at different
+    times: every row still takes the random draws plain sampling gives it."""
+    inputs = tokenizer(PROMPTS + ["what a waste"], return_tensors="pt", padding=True)
+    eos = list(range(250, 290))
+    settings = dict(do_sample=True, max_new_tokens=18, eos_token_id=eos, top_k=80, no_repeat_ngram_size=2)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        plain = strong.generate(**inputs, **settings)
+        torch.manual_seed(seed)
+        cbs = w2s.ChunkBeamSearch(pair, 1, 1, boundary, tokenizer=tokenizer)
+        searched = strong.generate(**inputs, custom_generate=cbs, **settings)
+        assert torch.equal(plain, searched), seed
+
+
 def test_returned_scores_equal_fresh_scoring_and_best_of_pool(strong, pair, tokenizer):
     inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     width = inputs["input_ids"].shape[1]
@@ -521,3 +547,35 @@ def test_a_sampler_returning_another_count_is_refused(pair):
         cbs.run(["the film was"], sampler=_FixedCount(2), max_new_tokens=6)
     out = cbs.run(["the film was"], sampler=_FixedCount(None), max_new_tokens=6)
     assert out.texts == [" and and"]
+
+
+def padded_large_model(family, tokenizer, favour_padding: float = 8.0):
+    """320 real rows + 3 padding rows whose logits are made large: sampling would pick them often."""
+    strong = make_model(family, len(tokenizer), 10, width=48, layers=3, extra_rows=3)
+    head = strong.get_output_embeddings().weight
+    with torch.no_grad():
+        head[len(tokenizer) :] = favour_padding * head[: len(tokenizer)].mean(0, keepdim=True).sign()
+    return strong
+
+
+@pytest.mark.parametrize("draft_tokens", [None, 2], ids=["sampled", "drafted"])
+def test_padding_rows_of_the_large_table_are_never_sampled(family, tokenizer, pair, draft_tokens):
+    """A large model whose output table has rows past the pair's (padding) gets no candidate token the
+    pair cannot read: those rows are masked, and the scores are the pair's own."""
+    strong = padded_large_model(family, tokenizer)
+    inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    plain = strong.generate(**inputs, do_sample=True, max_new_tokens=12, eos_token_id=[])
+    assert (plain >= len(tokenizer)).any(), "plain sampling does pick the padding rows"
+    torch.manual_seed(0)
+    out = strong.generate(
+        **inputs,
+        custom_generate=w2s.ChunkBeamSearch(pair, 2, 2, 4, draft_tokens=draft_tokens),
+        do_sample=True,
+        max_new_tokens=12,
+        eos_token_id=[],
+        return_dict_in_generate=True,
+    )
+    assert int(out.sequences.max()) < len(tokenizer)
+    width = inputs["input_ids"].shape[1]
+    fresh = pair.score(PROMPTS, out.sequences[:, width:].tolist())
+    torch.testing.assert_close(out.log_ratios, fresh, atol=1e-3, rtol=1e-4)

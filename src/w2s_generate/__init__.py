@@ -13,8 +13,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the names below load on first use, so `w2s-generate --help` starts without torch
     from . import scoring
     from .align import align_adapter, preference_pairs
+    from .candidates import (
+        CandidateSource,
+        DraftedModelSource,
+        IdScorer,
+        LocalModelSource,
+        TextSamplerSource,
+        TextScorer,
+    )
     from .combined import GuidanceEnsemble, PromptPair
     from .debates import Debate, debate, debate_pair
+    from .drafting import DraftedOutput, residual_distribution, speculative_choice
     from .explanations import explain, explanation_pair
     from .generate import TokenGuidance, W2SGenerationMixin, disable, enable
     from .gguf_models import RealModel, convert_gguf, real_model_folder, real_tokenizer
@@ -42,6 +51,15 @@ if TYPE_CHECKING:  # the names below load on first use, so `w2s-generate --help`
 _HOMES = {
     "align_adapter": "align",
     "preference_pairs": "align",
+    "CandidateSource": "candidates",
+    "DraftedModelSource": "candidates",
+    "IdScorer": "candidates",
+    "LocalModelSource": "candidates",
+    "TextSamplerSource": "candidates",
+    "TextScorer": "candidates",
+    "DraftedOutput": "drafting",
+    "residual_distribution": "drafting",
+    "speculative_choice": "drafting",
     "GuidanceEnsemble": "combined",
     "PromptPair": "combined",
     "Debate": "debates",
@@ -145,5 +163,14 @@ __all__ = [
     "explain",
     "explanation_pair",
     "preference_pairs",
+    "CandidateSource",
+    "DraftedModelSource",
+    "IdScorer",
+    "LocalModelSource",
+    "TextSamplerSource",
+    "TextScorer",
+    "DraftedOutput",
+    "residual_distribution",
+    "speculative_choice",
     "scoring",
 ]

@@ -42,6 +42,15 @@ def output_rows(model: torch.nn.Module) -> int | None:
     return None if weight is None else int(weight.shape[0])
 
 
+def input_rows(model: torch.nn.Module) -> int | None:
+    """Rows of ``model``'s input embedding table (the token ids it reads), through a peft wrapper;
+    ``None`` when it has no input embeddings to read."""
+    model = base_model(model)
+    table = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(table, "weight", None)
+    return None if weight is None else int(weight.shape[0])
+
+
 def cache_keyword(model: torch.nn.Module) -> str:
     """The name under which ``model``'s forward takes its KV cache.
 

@@ -11,7 +11,8 @@ keeps a frozen copy), so DPO's implicit reward ``beta * (log p_new - log p_old)`
 the change of the pair's own log-ratio (the base, the pair's untuned side, cancels). DPO raises the
 pair's score of what the search kept over what it discarded, relative to the pair before.
 
-Requires the ``align`` extra (``pip install 'w2s-generate[align]'``: trl and datasets).
+Requires the ``align`` extra (trl and datasets): ``pip install -e '.[align]'`` in a clone of the
+repository.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def preference_pairs(
 
     In every round and for every prompt, the best kept candidate is paired with the worst discarded
     one, the second best with the second worst, and so on (``pairs_per_round`` pairs at most).
-    Candidates that read the same as their partner are skipped.
+    A candidate not kept that reads the same as a response the prompt kept (in that round or an
+    earlier one) is a copy the search merged into the kept one, never a rejected response; identical
+    discarded candidates count once.
 
     Args:
         trace: ``out.trace`` of a search run with ``return_trace=True``
@@ -68,6 +71,7 @@ def preference_pairs(
     for round_trace in trace:
         for b in set(round_trace.prompt_index.tolist()):
             last_round[b] = round_trace.round
+    kept_texts: dict[int, set[str]] = {}  # per prompt, every response kept so far
     records: list[dict] = []
     for round_trace in trace:
         owners = round_trace.prompt_index.tolist()
@@ -77,17 +81,21 @@ def preference_pairs(
             raise ValueError(f"the trace holds prompt {max(owners)} but {len(prompts)} prompts were given.")
         texts = [_text(response, decode) for response in round_trace.responses]
         for b in sorted(set(owners)):
-            if last_round_only and last_round[b] != round_trace.round:
-                continue
             rows = [r for r, o in enumerate(owners) if o == b]
             best_kept = sorted((r for r in rows if kept[r]), key=lambda r: -scores[r])
-            worst_dropped = sorted((r for r in rows if not kept[r]), key=lambda r: scores[r])
-            made = 0
-            for chosen, rejected in zip(best_kept, worst_dropped):
-                if made == pairs_per_round:
-                    break
-                if texts[chosen] == texts[rejected]:
-                    continue
+            kept_so_far = kept_texts.setdefault(b, set())
+            kept_so_far.update(texts[r] for r in best_kept)
+            if last_round_only and last_round[b] != round_trace.round:
+                continue
+            # A row not kept that reads as a kept response is a copy the search merged into it (one
+            # slot per distinct response), not a discarded one; identical discarded rows count once.
+            worst_dropped = []
+            seen = set(kept_so_far)
+            for r in sorted((r for r in rows if not kept[r]), key=lambda r: scores[r]):
+                if texts[r] not in seen:
+                    seen.add(texts[r])
+                    worst_dropped.append(r)
+            for chosen, rejected in list(zip(best_kept, worst_dropped))[:pairs_per_round]:
                 records.append(
                     {
                         "prompt": prompts[b],
@@ -98,7 +106,6 @@ def preference_pairs(
                         "score_rejected": scores[rejected],
                     }
                 )
-                made += 1
     return records
 
 
@@ -175,7 +182,7 @@ def align_adapter(
         from trl import DPOConfig, DPOTrainer
     except ImportError as error:
         raise ImportError(
-            "align_adapter needs trl and datasets: pip install 'w2s-generate[align]'"
+            "align_adapter needs trl and datasets: pip install -e '.[align]' in a clone of w2s-generate"
         ) from error
     if not hasattr(model, "peft_config") or not hasattr(model, "active_adapter"):
         raise TypeError(

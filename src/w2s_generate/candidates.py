@@ -1,16 +1,18 @@
 """Where a search's candidates come from and how the pair scores them.
 
 A *candidate source* samples one chunk for every live row and re-indexes its rows between rounds:
-[`LocalModelSource`][w2s_generate.candidates.LocalModelSource] samples from a local large model with
-its KV cache; [`TextSamplerSource`][w2s_generate.candidates.TextSamplerSource] asks a text sampler
+[`LocalModelSource`][w2s_generate.LocalModelSource] samples from a local large model with
+its KV cache; [`TextSamplerSource`][w2s_generate.TextSamplerSource] asks a text sampler
 (e.g. a completions server). A *scorer* keeps the pair's incremental state in step with the rows:
-[`IdScorer`][w2s_generate.candidates.IdScorer] feeds the chunks' ids straight to the pair (shared
-vocabulary), [`TextScorer`][w2s_generate.candidates.TextScorer] feeds the responses' text re-encoded
+[`IdScorer`][w2s_generate.IdScorer] feeds the chunks' ids straight to the pair (shared
+vocabulary), [`TextScorer`][w2s_generate.TextScorer] feeds the responses' text re-encoded
 with the pair's tokenizer. The search loop (``search.py``) sees only these two interfaces.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -47,7 +49,22 @@ class SampledChunks:
 
 
 class CandidateSource:
-    """What the search loop needs from wherever candidates come from (see the module docstring)."""
+    """What the search loop needs from wherever candidates come from.
+
+    ``expand`` lays out the next round's rows (each parent repeated), ``sample`` draws one chunk for
+    every row and ``responses`` gives each row's response so far; ``owners`` is each row's prompt.
+
+    Examples:
+        >>> class Fixed:   # a text sampler answering the same chunk every time
+        ...     def sample(self, prefixes, n, max_tokens):
+        ...         return [[Chunk(" so good", False)] * n for _ in prefixes]
+        >>> source = TextSamplerSource(Fixed(), ["the film was"], ChunkBoundary(4), 8, SearchCost.zeros(1))
+        >>> isinstance(source, CandidateSource)
+        True
+        >>> source.expand([0], [2])   # prompt 0's row, twice
+        >>> source.sample().finished, source.responses(), source.owners
+        ([False, False], [' so good', ' so good'], [0, 0])
+    """
 
     owners: list[int]  # the prompt of each live row
 
@@ -102,6 +119,113 @@ def stop_string_criterion(tokenizer, stop_strings: list[str]):
         return DecodedStopStrings(tokenizer, stop_strings)
 
 
+def default_generator(device: torch.device) -> torch.Generator | None:
+    """The generator ``torch.manual_seed`` seeds for ``device`` (what ``torch.multinomial`` draws from);
+    ``None`` for a device type without one reachable through a public API."""
+    if device.type == "cpu":
+        return torch.default_generator
+    module = getattr(torch, device.type, None)
+    generators = getattr(module, "default_generators", None)
+    if not generators:
+        return None
+    return generators[device.index if device.index is not None else module.current_device()]
+
+
+class SkippedDraws:
+    """The random draws a sampling slot skipped while its row waited, given back to that slot first.
+
+    A token is drawn as ``torch.multinomial(probs, 1)`` draws it: ``argmax(probs / E)`` with
+    ``E ~ Exp(1)``, one row of ``E`` per slot, all slots in one call. When chunks end at stop strings
+    or tokens, a row whose chunk has ended waits while the others sample on, and the draws meant for
+    its slot go by. Each slot keeps, in order, which draws it skipped; a row sampling in that slot
+    takes them before the current one (whose row of ``E`` joins the end of the queue), so every slot
+    uses every draw once and in order, as it would had it never waited. With one beam and one
+    successor that is exactly plain sampling's stream, whatever the boundary.
+
+    A skipped draw is not stored: the generator's state before it is, and the draw is made again from
+    that state when needed (one ``[N, V]`` draw per skipped draw given back). Only a device whose
+    generator is reachable (CPU, CUDA, XPU) keeps skipped draws; elsewhere they are dropped.
+
+    Args:
+        slots: sampling slots (rows of every draw).
+        device: where the draws are made.
+    """
+
+    def __init__(self, slots: int, device: torch.device) -> None:
+        self.generator = default_generator(device)
+        self.device = device
+        self.queues: list[deque[int]] = [deque() for _ in range(slots)]
+        self.states: dict[int, torch.Tensor] = {}  # draw number -> generator state before it
+        self.users: dict[int, int] = {}  # draw number -> slots still holding it
+        self.draws = 0
+
+    def reset(self) -> None:
+        """Forget every skipped draw."""
+        for queue in self.queues:
+            queue.clear()
+        self.states.clear()
+        self.users.clear()
+
+    def release(self, occupied: set[int]) -> None:
+        """Drop the skipped draws of slots no row holds any more."""
+        for slot, queue in enumerate(self.queues):
+            if slot not in occupied:
+                while queue:
+                    self._unuse(queue.popleft())
+
+    def draw(
+        self, probs: torch.Tensor, slots: list[int], active: list[bool], waiting: list[bool]
+    ) -> torch.Tensor:
+        """``[N, V] -> [N]`` one token per slot; ``slots[r]`` is row ``r``'s slot, ``active[r]`` whether it
+        samples now, ``waiting[r]`` whether it skips this draw and takes it later."""
+        if self.generator is None:
+            return torch.multinomial(probs, 1).squeeze(1)
+        given_back = [s for s, a in zip(slots, active) if a and self.queues[s]]
+        skipping = [s for s, w in zip(slots, waiting) if w]
+        if not given_back and not skipping:
+            return torch.multinomial(probs, 1).squeeze(1)
+        number = self.draws
+        self.draws += 1
+        state = self.generator.get_state()
+        noise = torch.empty_like(probs).exponential_(1)
+        earlier: dict[int, list[int]] = {}
+        for slot in given_back:
+            earlier.setdefault(self.queues[slot].popleft(), []).append(slot)
+        for slot in given_back + skipping:
+            self.queues[slot].append(number)
+        self.users[number] = len(given_back) + len(skipping)
+        self.states[number] = state
+        for old, takers in earlier.items():
+            replay = torch.Generator(device=self.device)
+            replay.set_state(self.states[old])
+            rows = torch.tensor(takers, device=self.device)
+            noise[rows] = torch.empty_like(probs).exponential_(1, generator=replay)[rows]
+            for _ in takers:
+                self._unuse(old)
+        return (probs / noise).argmax(-1)
+
+    def _unuse(self, number: int) -> None:
+        self.users[number] -= 1
+        if not self.users[number]:
+            del self.users[number], self.states[number]
+
+
+def mask_rows_past(logits: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """``[..., V] -> [..., V]`` a copy with the columns from ``rows`` on at ``-inf`` (``None``: ``logits``).
+
+    A large model's output table may hold padding rows past the pair's vocabulary: ids the pair
+    cannot read, never real tokens. Masked, they are never sampled.
+
+    Examples:
+        >>> from w2s_generate.candidates import mask_rows_past
+        >>> mask_rows_past(torch.zeros(1, 4), 3)
+        tensor([[0., 0., 0., -inf]])
+    """
+    if rows is None or rows >= logits.shape[-1]:
+        return logits
+    return logits.index_fill(-1, torch.arange(rows, logits.shape[-1], device=logits.device), -math.inf)
+
+
 def _compact(seqs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``[R, T] -> [R, T]`` each row's real tokens right-aligned, its holes moved to the left.
 
@@ -117,8 +241,20 @@ class LocalModelSource(CandidateSource):
     """Chunks sampled from a local large model, its KV cache prefilled once and re-indexed each round.
 
     Every row draws from its own fixed sampling slot (``slots_per_prompt`` per prompt), so a row's
-    random stream never depends on how many rows other prompts hold: with one beam and one successor
-    the search draws exactly what plain sampling draws.
+    random stream never depends on how many rows other prompts hold, and a slot whose row waits for
+    the others to end their chunks gets the draws it skipped back later (``SkippedDraws``): with one
+    beam and one successor the search draws exactly what plain sampling draws.
+
+    Examples:
+        >>> from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+        >>> source = LocalModelSource(model, inputs["input_ids"], inputs["attention_mask"],
+        ...                           LogitsProcessorList(), StoppingCriteriaList(),
+        ...                           GenerationConfig(num_beams=1, num_return_sequences=1),
+        ...                           0, ChunkBoundary(4), 8, 2, SearchCost.zeros(2))
+        >>> source.expand([0, 1], [2, 2])   # two rows for each of the two prompts
+        >>> chunks = source.sample()
+        >>> chunks.ids.shape, chunks.lengths.tolist(), source.owners
+        (torch.Size([4, 4]), [4, 4, 4, 4], [0, 0, 1, 1])
     """
 
     def __init__(
@@ -135,8 +271,10 @@ class LocalModelSource(CandidateSource):
         slots_per_prompt: int,
         cost: SearchCost,
         stop_string_tokenizer=None,
+        pair_rows: int | None = None,
     ) -> None:
         self.model = model
+        self.pair_rows = pair_rows  # the pair reads ids below this (None: it reads text)
         self.processors = processors
         self.pad = pad
         self.boundary = boundary
@@ -163,6 +301,8 @@ class LocalModelSource(CandidateSource):
         self.owners = list(range(self.batch))
         self._present = self.owners
         self.cost = cost
+        # Only chunks that end early leave rows waiting while others draw.
+        self.skipped = None if boundary.is_fixed else SkippedDraws(self.batch * slots_per_prompt, self.device)
         # Prefill each prompt once.
         self.cache = new_cache(model)
         self.mask = prompt_mask.long()
@@ -177,13 +317,10 @@ class LocalModelSource(CandidateSource):
         positions = (
             (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :] if self.uses_position_ids else None
         )
-        return (
-            forward_with_cache(
-                self.model, ids, self.mask, self.cache, position_ids=positions, logits_to_keep=1
-            )
-            .logits[:, -1]
-            .float()
-        )
+        logits = forward_with_cache(
+            self.model, ids, self.mask, self.cache, position_ids=positions, logits_to_keep=1
+        ).logits[:, -1]
+        return mask_rows_past(logits.float(), self.pair_rows)
 
     def _count_forward(self) -> None:
         """One large-model forward for every prompt that has a row in it."""
@@ -218,44 +355,64 @@ class LocalModelSource(CandidateSource):
         self._present = sorted(set(owners))
         self.response_lengths = [n for n, r in zip(lengths, repeats) for _ in range(r)]
 
-    def _slot_of_row(self) -> torch.Tensor | None:
-        """Each row's fixed sampling slot (``None`` when the rows fill all slots in order)."""
-        if len(self.owners) == self.batch * self.slots_per_prompt:
-            return None
+    def _slots(self) -> list[int]:
+        """Each row's fixed sampling slot: prompt ``b``'s rows take slots ``b * slots_per_prompt, ...``."""
         taken: dict[int, int] = {}
         slots = []
         for b in self.owners:
             slots.append(b * self.slots_per_prompt + taken.get(b, 0))
             taken[b] = taken.get(b, 0) + 1
-        return torch.tensor(slots, dtype=torch.long, device=self.device)
+        return slots
 
-    def _draw(self, probs: torch.Tensor, slot_of_row: torch.Tensor | None) -> torch.Tensor:
-        """``[R, V] -> [R]`` one sampled token per row, drawn in the rows' fixed slots."""
-        if slot_of_row is None:
-            return torch.multinomial(probs, num_samples=1).squeeze(1)
-        # Empty slots draw from any distribution: only their share of the random stream matters.
-        full = probs.new_ones((self.batch * self.slots_per_prompt, probs.shape[-1]))
-        full[slot_of_row] = probs
-        return torch.multinomial(full, num_samples=1).squeeze(1)[slot_of_row]
+    def _draw(
+        self,
+        probs: torch.Tensor,
+        slots: list[int],
+        slot_of_row: torch.Tensor | None,
+        active: list[bool],
+        waiting: list[bool],
+    ) -> torch.Tensor:
+        """``[R, V] -> [R]`` one sampled token per row, drawn in the rows' fixed slots.
+
+        ``slots`` (host) and ``slot_of_row`` (``None`` when the rows fill every slot in order) say
+        where each row draws; ``active``/``waiting`` (host) which rows sample now, and which wait for
+        the others and take this draw later.
+        """
+        full = probs
+        if slot_of_row is not None:
+            # Empty slots draw from any distribution: only their share of the random stream matters.
+            full = probs.new_ones((self.batch * self.slots_per_prompt, probs.shape[-1]))
+            full[slot_of_row] = probs
+        if self.skipped is None:
+            tokens = torch.multinomial(full, num_samples=1).squeeze(1)
+        else:
+            tokens = self.skipped.draw(full, slots, active, waiting)
+        return tokens if slot_of_row is None else tokens[slot_of_row]
 
     def sample(self) -> SampledChunks:
         rows = self.seqs.shape[0]
         room = [self.max_new - n for n in self.response_lengths]
         steps = min(self.chunk, max(room))
         processors = processors_for_rows(self.processors, self.owners, self.batch, self.expand_rows)
-        slot_of_row = self._slot_of_row()
+        slots = self._slots()
+        in_order = len(slots) == self.batch * self.slots_per_prompt
+        slot_of_row = None if in_order else torch.tensor(slots, dtype=torch.long, device=self.device)
         # A row samples while its response goes on, its chunk is open and its budget allows.
         cap = torch.tensor(room, device=self.device).clamp(max=steps)
         active = cap > 0
         ended = torch.zeros(rows, dtype=torch.bool, device=self.device)  # the response ended
         lengths = torch.zeros(rows, dtype=torch.long, device=self.device)
         holes = not self.boundary.is_fixed
+        # Host copies for the draws: which rows sample, and which wait for the others' chunks to end.
+        host_active, host_waiting = [r > 0 for r in room], [False] * rows
+        if self.skipped is not None:
+            self.skipped.release(set(slots))
         logits = self.logits
         taken = 0
         for step in range(steps):
             view = _compact(self.seqs, self.mask) if holes else self.seqs
             scores = processors(view, logits)
-            tokens = self._draw(torch.softmax(scores, dim=-1), slot_of_row)
+            tokens = self._draw(torch.softmax(scores, dim=-1), slots, slot_of_row, host_active, host_waiting)
             tokens = torch.where(active, tokens, torch.full_like(tokens, self.pad))
             self.seqs = torch.cat([self.seqs, tokens[:, None]], dim=-1)
             self.mask = torch.cat([self.mask, active[:, None].long()], dim=-1)
@@ -270,8 +427,17 @@ class LocalModelSource(CandidateSource):
             if self.stop_strings is not None:
                 active &= ~self.stop_strings(view, scores)
             taken += 1
+            if step + 1 == steps:
+                break
+            if holes:
+                # A row waits when its chunk has ended but not its response nor its budget.
+                waiting = ~active & ~ended & (lengths < cap)
+                host_active, host_waiting = torch.stack([active, waiting]).tolist()
+                any_active = any(host_active)
+            else:
+                any_active = bool(active.any())
             # Like generate: no more draws (nor forwards) once every row has ended its chunk.
-            if step + 1 == steps or not bool(active.any()):
+            if not any_active:
                 break
             self._count_forward()
             fresh = self._forward(tokens[:, None])
@@ -300,6 +466,17 @@ class TextSamplerSource(CandidateSource):
     Each round asks the sampler for ``repeats[i]`` continuations of parent ``i``'s text (``prompt +
     response so far``), one request batch per distinct count. A chunk boundary with stop strings cuts
     each chunk after its first stop string (the tokens after it were spent all the same).
+
+    Examples:
+        >>> class Fixed:
+        ...     def sample(self, prefixes, n, max_tokens):
+        ...         return [[Chunk(" so good. Then", False)] * n for _ in prefixes]
+        >>> boundary = ChunkBoundary(4, stop_strings=[". "])
+        >>> source = TextSamplerSource(Fixed(), ["the film was"], boundary, 8, SearchCost.zeros(1))
+        >>> source.expand([0], [1])
+        >>> chunks = source.sample()
+        >>> source.responses(), source.cost.large_tokens   # cut after the stop string; 4 tokens spent
+        ([' so good. '], [4])
     """
 
     def __init__(
@@ -373,11 +550,32 @@ def _sample(sampler: ChunkSampler, prefixes: list[str], n: int, max_tokens: int)
         raise TypeError(
             f"{type(sampler).__name__}.sample returned a {bad}; it must return w2s_generate.Chunk objects."
         )
+    for chunk in chunks:
+        if not isinstance(chunk.text, str):
+            raise TypeError(
+                f"{type(sampler).__name__}.sample returned a Chunk whose text is {chunk.text!r:.40}: a Chunk's text is "
+                "a str (the continuation; '' for none)."
+            )
+        if not isinstance(chunk.finished, bool):
+            raise TypeError(
+                f"{type(sampler).__name__}.sample returned a Chunk whose finished is {chunk.finished!r:.40}: it is a "
+                "bool (whether the response ended)."
+            )
     return chunks
 
 
 class IdScorer:
-    """The pair reads the large model's chunk ids directly (a shared vocabulary)."""
+    """The pair reads the large model's chunk ids directly (a shared vocabulary).
+
+    Examples:
+        >>> from w2s_generate.candidates import SampledChunks
+        >>> scorer = IdScorer(pair.start(["the film was"]), SearchCost.zeros(1))
+        >>> scorer.select([0, 0])   # two rows of prompt 0
+        >>> chunks = SampledChunks(torch.tensor([[218, 257], [218, 0]]), torch.tensor([2, 1]), [False, False])
+        >>> scorer.advance(chunks, None, [0, 0])
+        >>> scorer.cost.weak_tokens, scorer.state.scores.shape
+        ([3], torch.Size([2]))
+    """
 
     def __init__(self, state: GuidanceState, cost: SearchCost) -> None:
         self.state = state
@@ -402,6 +600,12 @@ class TextScorer:
         to_texts: ``(responses, owners) -> texts``: identity for a text source, decoding after the
             prompt for a local model with another tokenizer.
         cost: where the weak tokens fed are counted.
+
+    Examples:
+        >>> scorer = TextScorer(pair.start(["the film was"]), pair, lambda texts, owners: texts, SearchCost.zeros(1))
+        >>> scorer.advance(None, [" so good"], [0])
+        >>> torch.allclose(scorer.state.scores, pair.score(["the film was"], [" so good"]), atol=1e-5)
+        True
     """
 
     def __init__(
@@ -433,7 +637,7 @@ class DraftedModelSource(CandidateSource):
     Each drafting round, every row drafts ``gamma`` tokens from one side of the pair (its next-token
     distribution, warped like the large model's), and ONE large-model forward over the row's last
     committed token and the drafts gives the large model's distribution at all ``gamma + 1`` positions.
-    Speculative sampling ([`speculative_choice`][w2s_generate.drafting.speculative_choice]) keeps each
+    Speculative sampling ([`speculative_choice`][w2s_generate.speculative_choice]) keeps each
     draft with probability ``min(1, p / q)`` and samples the token after the kept ones from the
     residual (or from ``p`` when all are kept): every committed token is an exact sample of the large
     model, as in the undrafted search. Rows commit different numbers of tokens per round (masks and
@@ -441,11 +645,23 @@ class DraftedModelSource(CandidateSource):
     ``min(gamma, room - 1)`` tokens for the roomiest row, and rows with less room take part masked past
     it, so no row's cache or positions grow past its end. A large model whose output table has
     padding rows past the pair's gets drafts over the pair's rows only (the padding rows' proposal
-    is 0: acceptance stays exact).
+    is 0), and with ``pair_rows`` its own distribution is masked there too, so no padding id is
+    committed.
 
     The pair's state is shared with the search's scorer: drafting steps it through the drafts, and the
     rejected ones are retracted, so the pair has scored every kept token by the end of the chunk
     without a second pass.
+
+    Examples:
+        >>> from transformers import LogitsProcessorList
+        >>> one = tok(["the film was"], return_tensors="pt")
+        >>> state = pair.start(one["input_ids"].tolist())
+        >>> source = DraftedModelSource(model, one["input_ids"], one["attention_mask"], LogitsProcessorList(),
+        ...                             [], 0, 4, 8, state, 0, 2, SearchCost.zeros(1))
+        >>> source.expand([0], [1])
+        >>> chunks = source.sample()   # 4 exact samples of the large model, the pair drafting 2 at a time
+        >>> chunks.lengths.tolist(), len(source.responses()[0]), source.cost.large_tokens
+        ([4], 4, [4])
     """
 
     def __init__(
@@ -463,9 +679,11 @@ class DraftedModelSource(CandidateSource):
         draft_tokens: int,
         cost: SearchCost,
         vocab_rows: int | None = None,
+        pair_rows: int | None = None,
     ) -> None:
         self.model = model
         self.vocab_rows = vocab_rows  # rows of the large model's output table (None: the pair's)
+        self.pair_rows = pair_rows  # rows of the pair's table: the large model's past them are masked
         self.warpers = warpers
         self.pad = pad
         self.chunk = chunk
@@ -515,7 +733,8 @@ class DraftedModelSource(CandidateSource):
     def _forward(self, fed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[R, G+1] -> [R, G+1, V]`` the large model's logits at every fed position."""
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -fed.shape[1] :] if self.uses_position_ids else None
-        return forward_with_cache(self.model, fed, mask, self.cache, position_ids=positions).logits.float()
+        logits = forward_with_cache(self.model, fed, mask, self.cache, position_ids=positions).logits
+        return mask_rows_past(logits.float(), self.pair_rows)
 
     def sample(self) -> SampledChunks:
         rows = self.last.shape[0]

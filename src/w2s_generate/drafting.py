@@ -40,6 +40,12 @@ class DraftedOutput(ModelOutput):
         large_forwards: forwards of the large model (prefill included).
         drafted: draft tokens proposed, over all rows and rounds.
         accepted: draft tokens the large model kept.
+
+    Examples:
+        >>> out = model.generate(**inputs, custom_generate=TokenGuidance(pair, draft_tokens=2), do_sample=True,
+        ...                      max_new_tokens=6, return_dict_in_generate=True)
+        >>> type(out).__name__, out.sequences.shape[0], out.accepted <= out.drafted
+        ('DraftedOutput', 2, True)
     """
 
     sequences: torch.LongTensor | None = None

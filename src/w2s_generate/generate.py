@@ -13,10 +13,19 @@ from transformers import LogitsProcessorList
 
 from ._compat import eos_token_ids, output_rows, pad_token_id, processor_traits, run_builtin_decoding
 from .pairs import WeakPair
+from .policies import _is_count
 from .processor import WeakToStrongLogitsProcessor, check_shared_vocabulary
-from .strategy import Strategy, check_prompt_rows
+from .strategy import Strategy, check_prompt_rows, refuse_options
 
 _ENABLED = "_w2s_original_generate"
+
+#: generate options drafted token guidance does not apply: option -> why.
+DRAFTED_NOT_APPLIED = {
+    "output_scores": "drafted rounds return the tokens and what drafting saved, not per-step scores",
+    "output_logits": "drafted rounds return the tokens and what drafting saved, not per-step logits",
+    "output_attentions": "drafted rounds return no per-step model outputs",
+    "output_hidden_states": "drafted rounds return no per-step model outputs",
+}
 
 
 class TokenGuidance(Strategy):
@@ -30,10 +39,12 @@ class TokenGuidance(Strategy):
     search all work.
 
     With ``draft_tokens=G`` the weak pair drafts ``G`` tokens per round and the large model verifies
-    them in one forward (speculative sampling, see [`drafting`][w2s_generate.drafting]): the tokens are
-    still exact samples of the same guided distribution (greedy: the same tokens), with fewer
-    large-model forwards. Drafted rounds support the sampling warpers, EOS and ``max_new_tokens``;
-    other processors and stopping criteria are refused by name, as are beam search and streamers.
+    them in one forward (speculative sampling, see
+    [`speculative_choice`][w2s_generate.speculative_choice]): the tokens are still exact samples of
+    the same guided distribution (greedy: the same tokens), with fewer large-model forwards. Drafted
+    rounds support the sampling warpers, EOS and ``max_new_tokens``; other processors and stopping
+    criteria are refused by name, as are beam search, streamers and per-step outputs
+    (``output_scores``, ``output_logits``, ...).
 
     Args:
         pair: a weak pair sharing the large model's vocabulary.
@@ -53,14 +64,12 @@ class TokenGuidance(Strategy):
 
     def __init__(self, pair: WeakPair, beta: float = 1.0, draft_tokens: int | None = None) -> None:
         super().__init__()
-        if draft_tokens is not None and (
-            isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0
-        ):
+        if draft_tokens is not None and not _is_count(draft_tokens, 0):
             raise ValueError(f"draft_tokens must be None or an integer >= 0; got {draft_tokens!r}.")
         self.processor = WeakToStrongLogitsProcessor(pair, beta)
         self.pair = pair
         self.beta = float(beta)
-        self.draft_tokens = draft_tokens or None
+        self.draft_tokens = int(draft_tokens) if draft_tokens else None
 
     def __repr__(self) -> str:
         drafts = f", draft_tokens={self.draft_tokens}" if self.draft_tokens else ""
@@ -75,7 +84,13 @@ class TokenGuidance(Strategy):
                 f"TokenGuidance drives decoder-only models; {model.config.model_type} is encoder-decoder: the "
                 "weak pair would score the decoder's tokens without the encoder's input."
             )
-        check_prompt_rows(model, generation_config, input_ids, model_kwargs.get("attention_mask"))
+        check_prompt_rows(
+            model,
+            generation_config,
+            input_ids,
+            model_kwargs.get("attention_mask"),
+            model_kwargs.get("position_ids"),
+        )
         if self.bound_tokenizer is not None:
             check_shared_vocabulary(self.pair, self.bound_tokenizer)
         processor = WeakToStrongLogitsProcessor(
@@ -131,6 +146,7 @@ def _drafted_call(
         raise ValueError(
             "draft_tokens does not stream nor stop at stop strings; drop streamer=/stop_strings=."
         )
+    refuse_options(config, "TokenGuidance with draft_tokens", DRAFTED_NOT_APPLIED)
     check_draftable(logits_processor, stopping_criteria)
     eos_ids = eos_token_ids(config)
     out = drafted_guidance(
@@ -170,12 +186,22 @@ def insert_before_warpers(processors: LogitsProcessorList, processor) -> LogitsP
 def _generate_with_strategy(original, *args, strategy: Strategy | None = None, **kwargs):
     if strategy is None:
         return original(*args, **kwargs)
+    if isinstance(strategy, type):
+        raise TypeError(
+            f"strategy is the class {strategy.__name__}: pass an instance, e.g. {strategy.__name__}(pair, ...)."
+        )
     if not callable(strategy):
         raise TypeError(
             f"strategy must be a w2s_generate strategy (or any callable); got {type(strategy).__name__}."
         )
     if kwargs.get("custom_generate") is not None:
         raise ValueError("Pass either strategy= or custom_generate=, not both.")
+    if kwargs.get("assistant_model") is not None:
+        raise ValueError(
+            f"assistant_model: {type(strategy).__name__} runs no assisted decoding (transformers hands a strategy no "
+            "assistant); drop it. For fewer large-model forwards, use draft_tokens= (the weak pair drafts)."
+        )
+    _check_input_ids(args[0] if args else kwargs.get("inputs", kwargs.get("input_ids")))
     if isinstance(strategy, Strategy):
         # transformers drops these for callable strategies; the strategy handles them itself.
         strategy = strategy.bind(
@@ -186,6 +212,19 @@ def _generate_with_strategy(original, *args, strategy: Strategy | None = None, *
     return original(*args, custom_generate=strategy, **kwargs)
 
 
+def _check_input_ids(input_ids) -> None:
+    """Refuse prompt ids transformers would fail on deep inside generate: not a tensor, or 1-D."""
+    if input_ids is None:
+        return
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(
+            f"input_ids must be a torch tensor of token ids; got a {type(input_ids).__name__}: "
+            "tokenizer(texts, return_tensors='pt', padding=True) gives one."
+        )
+    if input_ids.ndim == 1:
+        raise ValueError("input_ids is 1-D: add the batch dimension, input_ids[None] (one row per prompt).")
+
+
 def enable(model):
     """Let ``model.generate`` take ``strategy=`` (an instance-level wrapper; idempotent).
 
@@ -194,6 +233,11 @@ def enable(model):
         >>> model = w2s.enable(model)
         >>> out = model.generate(**inputs, strategy=w2s.BestOfN(pair, n=8), do_sample=True, max_new_tokens=10)
     """
+    if not isinstance(model, torch.nn.Module) or not callable(getattr(model, "generate", None)):
+        raise TypeError(
+            f"enable takes a transformers model (with generate()); got a {type(model).__name__}. Pass the large "
+            "model itself, e.g. AutoModelForCausalLM.from_pretrained(...)."
+        )
     if getattr(model, _ENABLED, None) is not None:
         return model
     original = model.generate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,11 @@ def _check_causal_lm(model: torch.nn.Module, role: str) -> None:
         raise ValueError(
             f"{role} is an encoder-decoder model ({config.model_type}); weak pairs need decoder-only causal LMs."
         )
+    if output_rows(model) is None:
+        raise TypeError(
+            f"{role} has no output embeddings ({type(base_model(model)).__name__}): a weak side scores tokens with its "
+            "language-model head; load it with AutoModelForCausalLM."
+        )
 
 
 def clearly_not_its_tokenizer(tokens: int, rows: int) -> bool:
@@ -73,6 +79,50 @@ def _check_sequence(value: object, name: str) -> None:
             f"{name} must be a list (one entry per row); got a {type(value).__name__}"
             + (f": wrap it, [{value!r:.40}]" if isinstance(value, str) else ".")
         )
+
+
+def _items(value: object, what: str, kind: str) -> list:
+    """The entries of a prompt or response given as a list, a tuple or a 1-D tensor or array."""
+    if value is None:
+        raise TypeError(
+            f"{what} is None: a {kind} is text"
+            + (", chat messages" if kind == "prompt" else "")
+            + " or token ids."
+        )
+    if hasattr(value, "tolist") and hasattr(value, "ndim"):  # a torch tensor or a numpy array
+        if value.ndim != 1:
+            form = "tensor" if isinstance(value, torch.Tensor) else "array"
+            raise TypeError(
+                f"{what} is a {value.ndim}-D {form} of shape {tuple(value.shape)}: a {kind} of token ids is one row "
+                f"(1-D); give each row as its own {kind}."
+            )
+        return value.tolist()
+    if not isinstance(value, Sequence) or isinstance(value, bytes):
+        raise TypeError(
+            f"{what} is a {type(value).__name__} ({value!r:.40}). A {kind} must be text"
+            + (", a list of chat messages" if kind == "prompt" else "")
+            + " or a list of token ids."
+        )
+    items = list(value)
+    if items and all(isinstance(t, str) for t in items):
+        raise TypeError(
+            f"{what} is a list of str: join the pieces into one text, or give token ids (integers); got {items!r:.60}."
+        )
+    return items
+
+
+def _token_ids(items: list, what: str, kind: str) -> list[int]:
+    """``items`` as ints, refusing anything that is not an integer (a float, a bool, a nested list)."""
+    bad = next((t for t in items if isinstance(t, bool) or not isinstance(t, numbers.Integral)), _NONE)
+    if bad is not _NONE:
+        raise TypeError(
+            f"{what}: a {kind}'s token ids must be integers; got {bad!r:.40} ({type(bad).__name__}). Give text to "
+            "have it encoded, or the ids the pair's tokenizer gives."
+        )
+    return [int(t) for t in items]
+
+
+_NONE = object()
 
 
 class WeakPair:
@@ -276,46 +326,53 @@ class WeakPair:
         """Weak-side token ids of one prompt, under the pair's one rule (`prompt_format.encode_prompt`).
 
         Text goes through the weak chat template as a user message when ``self.chat_template``, else it
-        is encoded raw; chat messages always go through the template; token ids are taken as they are.
-        A ``condition`` (prompt-conditioned sides) becomes a system message for chat prompts and a
-        preceding paragraph for text and token-id prompts.
+        is encoded raw; chat messages always go through the template; token ids (a list, or a 1-D
+        tensor or array) are taken as they are. A ``condition`` (prompt-conditioned sides) becomes a
+        system message for chat prompts and a preceding paragraph for text and token-id prompts.
         """
+        return self._encode_prompt(prompt, condition, "the prompt")
+
+    def _encode_prompt(self, prompt: Prompt, condition: str | None, what: str) -> list[int]:
+        """``encode_prompt``, its errors naming the prompt as ``what`` (e.g. ``prompts[2]``)."""
         tok = self.tokenizer
         if condition is not None and (not isinstance(condition, str) or not condition.strip()):
             raise ValueError(
                 f"The condition for the prompt {prompt!r:.60} is {condition!r:.60}: a conditioned side needs a "
                 "non-empty text (an empty one would make both sides read the same)."
             )
-        if isinstance(prompt, torch.Tensor):
-            prompt = [int(t) for t in prompt.tolist()]
         if isinstance(prompt, str):
             return encode_prompt(tok, prompt, chat_template=self.chat_template, condition=condition)
-        if not isinstance(prompt, Sequence):
+        if isinstance(prompt, Mapping):
             raise TypeError(
-                f"A prompt must be text, a list of chat messages or a list of token ids; got {type(prompt).__name__}."
+                f"{what} is one message (a dict): a chat prompt is a list of messages, wrap it: [{prompt!r:.60}]."
             )
-        items = list(prompt)
-        if items and all(isinstance(t, int) for t in items):
-            self._check_ids(items, "prompt")
-            if condition is None:
-                return items
-            return list(tok(condition + CONDITION_SEPARATOR, add_special_tokens=True)["input_ids"]) + items
-        if items and all(isinstance(m, Mapping) for m in items):
+        items = _items(prompt, what, "prompt")
+        if not items:
+            raise ValueError(
+                f"{what} is an empty list: a prompt needs text, chat messages or at least one token id."
+            )
+        if all(isinstance(m, Mapping) for m in items):
             # Chat messages are formatted by the template whatever the rule for text prompts.
             return encode_prompt(tok, items, chat_template=has_chat_template(tok), condition=condition)
-        raise TypeError(
-            f"A prompt must be text, a list of chat messages or a list of token ids; got {type(prompt).__name__}."
-        )
+        ids = self._check_ids(_token_ids(items, what, "prompt"), "prompt")
+        if condition is None:
+            return ids
+        return list(tok(condition + CONDITION_SEPARATOR, add_special_tokens=True)["input_ids"]) + ids
 
     def encode_response(self, response: Response) -> list[int]:
-        """Weak-side token ids of a response (text is encoded without special tokens)."""
+        """Weak-side token ids of a response: text (encoded without special tokens), or token ids (a list,
+        or a 1-D tensor or array) of the pair's tokenizer."""
+        return self._encode_response(response, "the response")
+
+    def _encode_response(self, response: Response, what: str) -> list[int]:
         if isinstance(response, str):
             return list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
-        # Response ids are not range-checked here: an id past the table fails inside the forward
-        # (tests/test_pairs.py uses exactly that failure to check that no adapter hooks are left).
-        if isinstance(response, torch.Tensor):
-            return [int(t) for t in response.tolist()]
-        return [int(t) for t in response]
+        if isinstance(response, Mapping):
+            raise TypeError(
+                f"{what} is a dict: a response is text or a list of token ids (for a chat reply, its content text)."
+            )
+        items = _items(response, what, "response")
+        return self._check_ids(_token_ids(items, what, "response"), "response")
 
     def _check_ids(self, ids: list[int], what: str) -> list[int]:
         """``ids`` if each is a row of the weak models' table, else a ValueError naming the first bad one."""
@@ -338,12 +395,18 @@ class WeakPair:
             >>> state.extend(torch.tensor([[218, 257]]))   # the log-ratio of the two tokens so far
             tensor([...])
         """
-        _check_sequence(prompts, "prompts")
-        plain = [self.encode_prompt(p) for p in prompts]
+        return self._start(prompts, "prompts")
+
+    def _start(self, prompts: Sequence[Prompt], name: str) -> GuidanceState:
+        """``start``, its errors naming the prompts as the argument ``name`` (e.g. ``weak_prompts``)."""
+        _check_sequence(prompts, name)
+        plain = [self._encode_prompt(p, None, f"{name}[{i}]") for i, p in enumerate(prompts)]
         per_side = [
             plain
             if side.condition is None
-            else [self.encode_prompt(p, side.condition_for(p)) for p in prompts]
+            else [
+                self._encode_prompt(p, side.condition_for(p), f"{name}[{i}]") for i, p in enumerate(prompts)
+            ]
             for side in self.sides
         ]
         return GuidanceState.prefill(self.sides, self.coefficients, per_side, self.pad_token_id)
@@ -362,8 +425,10 @@ class WeakPair:
             raise ValueError(
                 f"{len(prompts)} prompts but {len(responses)} responses: give one response per prompt."
             )
+        # Every response is read before the prompts are prefilled: a bad one fails before any forward.
+        encoded = [self._encode_response(r, f"responses[{i}]") for i, r in enumerate(responses)]
         state = self.start(prompts)
-        ids, lengths = right_pad([self.encode_response(r) for r in responses], self.pad_token_id)
+        ids, lengths = right_pad(encoded, self.pad_token_id)
         state.extend(ids, lengths)
         return state.scores
 
@@ -400,6 +465,22 @@ def _load_kwargs(
     return load
 
 
+def adapter_base_model(folder: str | os.PathLike) -> str | None:
+    """The base model an adapter folder names in its config (``base_model_name_or_path``).
+
+    A relative path is read from the adapter's folder when the base is there (``../weak`` next to the
+    adapter), else kept as written (a hub id, or a path from the working folder).
+    """
+    from peft import PeftConfig
+
+    base = PeftConfig.from_pretrained(folder).base_model_name_or_path
+    if base and not os.path.isabs(base):
+        beside = os.path.normpath(os.path.join(folder, base))
+        if os.path.exists(beside):
+            return beside
+    return base
+
+
 def load_adapters(
     adapters: Sequence[str | os.PathLike],
     names: Sequence[str],
@@ -408,7 +489,7 @@ def load_adapters(
     allow_pickle: bool,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """One base model with every adapter loaded under ``names`` (they must share that base)."""
-    from peft import PeftConfig, PeftModel
+    from peft import PeftModel
 
     folders = []
     for adapter in adapters:
@@ -416,7 +497,7 @@ def load_adapters(
         if folder is None:
             raise ValueError(f"{str(adapter)!r} is not a peft adapter (no {ADAPTER_CONFIG}).")
         folders.append(folder)
-    bases = [PeftConfig.from_pretrained(f).base_model_name_or_path for f in folders]
+    bases = [adapter_base_model(f) for f in folders]
     if len(set(bases)) > 1:
         raise ValueError(
             f"The adapters have different base models ({sorted(set(bases))}): adapters sharing one forward need one base."

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -105,7 +104,8 @@ class SelectionPolicy(Protocol):
 
     ``choose`` returns indices into ``candidates`` (at most ``width``, no repeats); the search has
     already merged identical responses into one candidate (the best-scored copy), and gives them
-    best score first.
+    best score first. A policy with a ``reset()`` method has it called at the start of every search
+    (e.g. to re-seed a generator of its own).
 
     Examples:
         >>> class FinishedFirst:   # prefer responses that have ended, then the best scores
@@ -185,13 +185,25 @@ class StochasticSelection:
     Sampling survivors instead of taking the top keeps some lower-scored beams alive, trading
     exploitation of the pair's score for exploration. The draw is the Gumbel-top-k trick: adding
     Gumbel noise to ``score / temperature`` and taking the top W samples W items without replacement,
-    each next one with probability proportional to ``exp(score / temperature)`` among those left. The
-    draws come from the policy's own generator, so the large model's random stream is the same as
-    under [`TopDistinct`][w2s_generate.TopDistinct].
+    each next one with probability proportional to ``exp(score / temperature)`` among those left.
+    A prompt with no more candidates than ``W`` keeps them all, best first, and draws nothing.
+
+    Where the noise comes from:
+
+    - by default, torch's default CPU generator, so ``torch.manual_seed`` makes a search
+      reproducible and a policy reused for an identical call under the same seed repeats it (with a
+      large model on the CPU its sampling shares that generator: the chunks then differ from a
+      search under [`TopDistinct`][w2s_generate.TopDistinct] with the same seed);
+    - ``seed=``: a generator of the policy's own, seeded with ``seed`` at the start of every search
+      ([`reset`][w2s_generate.StochasticSelection.reset]): the same draws in every search whatever
+      torch's seed, and the large model's random stream untouched;
+    - ``generator=``: your ``torch.Generator``, drawn from as it stands (never re-seeded).
 
     Args:
         temperature: softness of the draw; near 0 it is [`TopDistinct`][w2s_generate.TopDistinct].
-        seed: seed of the policy's generator (``None``: from the OS).
+        seed: seed of a generator of the policy's own, re-seeded at every search (``None``: no own
+            generator).
+        generator: a ``torch.Generator`` to draw from (``None``: torch's default CPU generator).
 
     Examples:
         >>> policy = StochasticSelection(temperature=1e-6, seed=0)
@@ -199,25 +211,47 @@ class StochasticSelection:
         [1, 2]
     """
 
-    def __init__(self, temperature: float = 1.0, seed: int | None = None) -> None:
+    def __init__(
+        self, temperature: float = 1.0, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> None:
         if not isinstance(temperature, numbers.Real) or isinstance(temperature, bool) or not temperature > 0:
             raise ValueError(f"temperature must be a number > 0; got {temperature!r}.")
         if not math.isfinite(temperature):
             raise ValueError(f"temperature must be finite; got {temperature!r}.")
+        if seed is not None and not _is_count(seed, 0):
+            raise ValueError(f"seed must be an integer >= 0 (or None); got {seed!r}.")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator (or None for torch's default); got a {type(generator).__name__}."
+            )
+        if seed is not None and generator is not None:
+            raise ValueError(
+                "Pass either seed= (a generator of the policy's own, re-seeded at every search) or generator= "
+                "(yours, drawn from as it stands), not both."
+            )
         self.temperature = float(temperature)
-        self.seed = seed
-        self._rng = random.Random(seed)
+        self.seed = None if seed is None else int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else generator
 
     def __repr__(self) -> str:
-        return f"StochasticSelection(temperature={self.temperature}, seed={self.seed})"
+        source = f", seed={self.seed}" if self.seed is not None else ""
+        source += ", generator=..." if self.seed is None and self.generator is not None else ""
+        return f"StochasticSelection(temperature={self.temperature}{source})"
+
+    def reset(self) -> None:
+        """Start a search: with ``seed=``, re-seed the policy's own generator (otherwise nothing)."""
+        if self.seed is not None:
+            self.generator.manual_seed(self.seed)
 
     def choose(self, candidates: Sequence[Candidate], width: int) -> list[int]:
-        keys = [c.score / self.temperature - math.log(-math.log(self._uniform())) for c in candidates]
+        if len(candidates) <= width:
+            return _by_score(candidates)  # every candidate survives: nothing to draw
+        device = self.generator.device if self.generator is not None else "cpu"
+        uniform = torch.rand(len(candidates), dtype=torch.float64, generator=self.generator, device=device)
+        # Gumbel noise -log(-log(u)); u = 0 would give -inf: the smallest normal float instead.
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(torch.float64).tiny)))
+        keys = [c.score / self.temperature + g for c, g in zip(candidates, gumbel.tolist())]
         return sorted(range(len(candidates)), key=lambda i: -keys[i])[:width]
-
-    def _uniform(self) -> float:
-        u = self._rng.random()
-        return u if u > 0.0 else 5e-324  # log(0) would be -inf: the smallest float instead
 
 
 # ---------------------------------------------------------------------------------------------- budget
@@ -301,6 +335,11 @@ class ScheduledBudget:
             self._list: list[int] = []
             self.max_successors = int(max_successors)
         else:
+            if not isinstance(schedule, Sequence) or isinstance(schedule, str):
+                raise TypeError(
+                    f"schedule must be a list (its order is the rounds'); got a {type(schedule).__name__}: "
+                    f"{schedule!r:.40}."
+                )
             values = list(schedule)
             if not values or not all(_is_count(k) for k in values):
                 raise ValueError(f"schedule must be a non-empty list of integers >= 1; got {schedule!r}.")
@@ -404,7 +443,17 @@ class ChunkBoundary:
         strings = list(stop_strings or [])
         if not all(isinstance(s, str) and s for s in strings):
             raise ValueError(f"stop_strings must be non-empty strings; got {strings!r}.")
+        if hasattr(stop_token_ids, "tolist") and not isinstance(stop_token_ids, str):
+            stop_token_ids = stop_token_ids.tolist()  # a tensor or an array of ids
+        if isinstance(stop_token_ids, numbers.Integral):
+            raise TypeError(
+                f"stop_token_ids must be a list of token ids; got an int: wrap it, [{stop_token_ids}]."
+            )
         ids = list(stop_token_ids or [])
+        if any(isinstance(i, str) for i in ids):
+            raise ValueError(
+                f"stop_token_ids must be token ids (integers >= 0); got {ids!r}: texts go in stop_strings=."
+            )
         if not all(_is_count(i, 0) for i in ids):
             raise ValueError(f"stop_token_ids must be token ids (integers >= 0); got {ids!r}.")
         self.max_tokens = None if max_tokens is None else int(max_tokens)

@@ -11,6 +11,7 @@ from transformers import LogitsProcessor, PreTrainedTokenizerBase
 from ._compat import is_view
 from .pairs import WeakPair
 from .scoring import GuidanceState
+from .strategy import pair_type_error
 
 
 def check_shared_vocabulary(pair: WeakPair, strong_tokenizer: PreTrainedTokenizerBase) -> None:
@@ -82,7 +83,7 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
         pad_token_id: int | None = None,
     ) -> None:
         if not isinstance(pair, WeakPair):
-            raise TypeError(f"pair must be a w2s_generate.WeakPair; got {type(pair).__name__}.")
+            raise pair_type_error(pair)
         if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta):
             raise ValueError(f"beta must be a finite number; got {beta!r}.")
         if pad_token_id is not None and (

@@ -6,6 +6,11 @@
 requests of a round run concurrently in a bounded pool, with timeouts and retries with backoff on
 transient errors. No request is silently dropped: a sample that cannot be had raises
 [`RemoteSamplerError`][w2s_generate.RemoteSamplerError].
+
+On first use it asks the server's ``/models`` which engine it is (``owned_by``). On vLLM and SGLang
+it refuses ``extra_body`` fields that the engine's completions schema does not hold (both accept
+unknown fields and ignore them without a word); on vLLM it also continues each beam from the token
+ids vLLM sampled it as instead of a re-tokenization of its text.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from array import array
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,6 +113,17 @@ _OWN_FIELDS = {
 }
 #: An answer larger than this is refused (chunks are a few tokens; this is a server gone wrong).
 MAX_ANSWER_BYTES = 32 * 2**20
+#: ``finish_reason`` values that end the response: EOS or a stop sequence ("stop"; vLLM then names the
+#: stop string or token in ``stop_reason`` and leaves the string out of the text), vLLM's repetition
+#: detection ("repetition"). "length" and null leave it open.
+_FINISHED_REASONS = frozenset({"stop", "repetition"})
+#: ``finish_reason`` values of a choice the server cut short (vLLM and SGLang "abort" the requests of an
+#: engine shutting down; vLLM reports "error" for a failed one): partial text, so the attempt is retried.
+_FAILED_REASONS = frozenset({"abort", "error"})
+#: Token ids kept for continuing beams (vLLM), in all; the oldest texts are forgotten past it.
+TOKEN_ID_CACHE = 2**22
+#: The longest wait between two attempts (seconds): a server restarting is found within this of coming back.
+MAX_BACKOFF = 30.0
 
 
 def _is_int(value: Any) -> bool:
@@ -129,10 +147,32 @@ def parse_completions(raw: bytes, n: int) -> list[Chunk]:
     """The chunks of one ``/v1/completions`` answer body, in ``index`` order.
 
     Raises ``_Transient`` (retried) for a body that is not JSON, is cut short, carries an ``error``
-    object or holds no or too many choices; [`RemoteSamplerError`][w2s_generate.RemoteSamplerError]
-    for a JSON answer of the wrong shape (a ``text`` that is ``null`` or a number, ``choices`` that is
-    not a list): that server does not speak the completions protocol, and asking again will not help.
+    object, holds no or too many choices, or has a choice the server cut short (``finish_reason``
+    "abort" or "error"); [`RemoteSamplerError`][w2s_generate.RemoteSamplerError] for a JSON answer of
+    the wrong shape (a ``text`` that is ``null`` or a number, ``choices`` that is not a list): that
+    server does not speak the completions protocol, and asking again will not help.
     """
+    return [choice.chunk for choice in _parse_choices(raw, n)]
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """One parsed choice: its chunk, and the token ids of its prompt and text where the server sent them."""
+
+    chunk: Chunk
+    prompt_ids: list[int] | None = None
+    ids: list[int] | None = None
+
+
+def _token_ids(value: Any) -> list[int] | None:
+    """A list of token ids as sent, or None for anything else (the ids are an optimisation only)."""
+    if isinstance(value, list) and all(_is_int(t) and 0 <= t < 2**31 for t in value):
+        return value
+    return None
+
+
+def _parse_choices(raw: bytes, n: int) -> list[_Choice]:
+    """``parse_completions``, keeping each choice's ``prompt_token_ids`` and ``token_ids`` (vLLM)."""
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, a cut-off body, absurd nesting
@@ -144,7 +184,7 @@ def parse_completions(raw: bytes, n: int) -> list[Chunk]:
             'expected a JSON object with a "choices" list (an OpenAI-compatible /v1/completions answer), got '
             f"{json.dumps(data)[:200]}: check that the URL is the server's /v1 base and that it serves completions."
         )
-    chunks: list[tuple[int, int, Chunk]] = []
+    choices: list[tuple[int, int, _Choice]] = []
     for i, choice in enumerate(data["choices"]):
         if not isinstance(choice, dict):
             raise RemoteSamplerError(f"choices[{i}] is {json.dumps(choice)[:80]}, not an object.")
@@ -160,10 +200,45 @@ def parse_completions(raw: bytes, n: int) -> list[Chunk]:
             raise RemoteSamplerError(
                 f'choices[{i}]["finish_reason"] is {json.dumps(reason)[:80]}, not a string or null.'
             )
-        chunks.append((index, i, Chunk(text, reason == "stop")))
-    if not chunks or len(chunks) > n:
-        raise _Transient(f"expected 1 to {n} choices, got {len(chunks)}")
-    return [chunk for _, _, chunk in sorted(chunks, key=lambda c: c[:2])]
+        if reason in _FAILED_REASONS:
+            raise _Transient(
+                f'choices[{i}] ended with finish_reason "{reason}": the server cut the request short '
+                "(shutting down?); its text is partial"
+            )
+        chunk = Chunk(text, reason in _FINISHED_REASONS)
+        ids = _Choice(chunk, _token_ids(choice.get("prompt_token_ids")), _token_ids(choice.get("token_ids")))
+        choices.append((index, i, ids))
+    if not choices or len(choices) > n:
+        raise _Transient(f"expected 1 to {n} choices, got {len(choices)}")
+    return [choice for _, _, choice in sorted(choices, key=lambda c: c[:2])]
+
+
+class _TokenIdCache:
+    """The server's token ids of texts it wrote (prompt + chunk), newest last, at most ``limit`` ids in all.
+
+    A beam is then continued from the tokens it was sampled as: its text re-tokenized could differ
+    (a byte-level BPE merges a word's pieces anew; a chunk cut inside a character loses its bytes).
+    """
+
+    def __init__(self, limit: int = TOKEN_ID_CACHE) -> None:
+        self.limit = limit
+        self._ids: OrderedDict[str, array] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> list[int] | None:
+        with self._lock:
+            ids = self._ids.get(text)
+            return None if ids is None else ids.tolist()
+
+    def put(self, text: str, ids: list[int]) -> None:
+        with self._lock:
+            old = self._ids.pop(text, None)
+            self._size -= 0 if old is None else len(old)
+            self._ids[text] = array("i", ids)
+            self._size += len(ids)
+            while self._size > self.limit and self._ids:
+                self._size -= len(self._ids.popitem(last=False)[1])
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -271,12 +346,18 @@ class CompletionsSampler:
             trickles bytes cannot hold a request longer.
         retries: attempts after the first on transient errors (5xx, 429, timeouts, broken or cut-short
             answers, malformed JSON).
-        backoff: first retry delay in seconds; doubles each retry.
+        backoff: first retry delay in seconds; doubles each retry, up to ``MAX_BACKOFF`` (30 s).
         seed: base seed for reproducible runs: each request's seed is derived from it, the prompt text
             and the sample's index, so it does not depend on request order or on earlier requests.
         extra_body: more request fields for a given server (vLLM's ``top_k``, ``transformers
             serve``'s ``generation_config``); fields the sampler sets itself (``prompt``, ``n``,
-            ``seed``, ``temperature``, ...) are refused there.
+            ``seed``, ``temperature``, ...) are refused there, and so, on vLLM and SGLang, are
+            fields their completions schema does not hold (they would ignore them without a word).
+
+    What the sampler learns of the server on first use (``/models``' ``owned_by``) is
+    [`server_kind`][w2s_generate.CompletionsSampler.server_kind]. On vLLM each request also asks for
+    the token ids (``return_token_ids``), and a beam is continued from the ids it was sampled as
+    (a token-id prompt) rather than from its text re-tokenized by the server.
 
     Examples:
         >>> sampler = CompletionsSampler("http://127.0.0.1:8000/v1", "meta-llama/Llama-3.1-70B")  # doctest: +SKIP
@@ -392,6 +473,10 @@ class CompletionsSampler:
         self.backoff = backoff
         self.seed = seed
         self.extra_body = dict(extra_body or {})
+        self._kind: str | None = None
+        self._asked = False  # whether /models has answered (a server not up yet is asked again)
+        self._refusal: str | None = None
+        self._token_ids = _TokenIdCache()
 
     def __repr__(self) -> str:
         return f"CompletionsSampler({self.url!r}, model={self.model!r})"
@@ -403,6 +488,9 @@ class CompletionsSampler:
             raise ValueError(f"prefixes must be a list of strings; got {prefixes!r:.80}.")
         if not (_is_int(n) and _is_int(max_tokens) and n >= 1 and max_tokens >= 1):
             raise ValueError(f"n and max_tokens must be integers >= 1; got {n!r}, {max_tokens!r}.")
+        self.server_kind()
+        if self._refusal is not None:
+            raise RemoteSamplerError(self._refusal)
         results: list[list[Chunk]] = [[] for _ in prefixes]
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             if self.use_n and n > 1:
@@ -423,10 +511,60 @@ class CompletionsSampler:
                 raise RemoteSamplerError(f"Prefix {i} got {len(r)} samples instead of {n} from {self.url}.")
         return results
 
+    # ------------------------------------------------------------------ the server
+    def server_kind(self) -> str | None:
+        """The engine behind ``base_url``: ``"vllm"`` or ``"sglang"`` as its ``/models`` list says
+        (``owned_by``), None for another or one that does not say.
+
+        Asked once, on first use (``sample`` asks first); a server that cannot be reached yet is asked
+        again on the next call. On vLLM and SGLang, ``extra_body`` fields outside the completions
+        schema (read from the server's ``/openapi.json``) are refused from then on.
+        """
+        if self._asked:
+            return self._kind
+        try:
+            models = self._get_json(self.url[: -len("/completions")] + "/models")
+        except _Transient:
+            return None
+        self._asked = True
+        self._kind = _engine(models, self.model)
+        if self._kind is not None and self.extra_body:  # both accept unknown fields without a word
+            try:
+                schema = self._get_json(urllib.parse.urljoin(self.url, "../openapi.json"))
+            except _Transient:
+                schema = None
+            fields = _completion_fields(schema)
+            self._refusal = _ignored_fields(self.extra_body, fields, _ENGINES[self._kind], self.url)
+        return self._kind
+
+    def _get_json(self, url: str) -> Any:
+        """GET ``url`` as JSON; None for an HTTP error or an answer that is not JSON; _Transient if unreachable."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        deadline = _Deadline(min(self.timeout, 10.0))
+        opener = urllib.request.build_opener(_WatchedHTTPHandler(deadline), _WatchedHTTPSHandler(deadline))
+        try:
+            with opener.open(
+                urllib.request.Request(url, headers=headers), timeout=deadline.seconds
+            ) as answer:
+                raw = _read_body(answer)
+            return json.loads(raw)
+        except urllib.error.HTTPError as error:
+            error.close()
+            return None
+        except (ValueError, RecursionError, RemoteSamplerError):  # not JSON, or absurdly large
+            return None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+            raise _Transient(f"{type(error).__name__}: {error}") from None
+        finally:
+            deadline.cancel()
+
+    # ------------------------------------------------------------------ requests
     def _payload(self, prompt: str, n: int, max_tokens: int, index: int = 0) -> dict[str, Any]:
+        vllm = self._kind == "vllm"
+        ids = self._token_ids.get(prompt) if vllm else None
         body: dict[str, Any] = {
             "model": self.model,
-            "prompt": prompt,
+            "prompt": prompt if ids is None else ids,
             "max_tokens": max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -435,8 +573,10 @@ class CompletionsSampler:
             body["n"] = n
         if self.stop:
             body["stop"] = self.stop
-        if self.seed is not None:
+        if self.seed is not None:  # from the text, however the prompt is sent
             body["seed"] = _request_seed(self.seed, prompt, index)
+        if vllm:
+            body["return_token_ids"] = True
         body.update(self.extra_body)
         return body
 
@@ -448,16 +588,30 @@ class CompletionsSampler:
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1) * (1 + 0.1 * random.random()))
+                delay = min(self.backoff * 2.0 ** min(attempt - 1, 64), MAX_BACKOFF)
+                time.sleep(delay * (1 + 0.1 * random.random()))
             try:
-                return self._once(body, headers, n)
+                choices = self._once(body, headers, n)
             except _Transient as error:
                 last = error
+                continue
+            self._remember(prompt, choices)
+            return [choice.chunk for choice in choices]
         raise RemoteSamplerError(
             f"{self.url} failed {self.retries + 1} times (model {self.model!r}); last error: {last}"
         ) from last
 
-    def _once(self, body: bytes, headers: dict[str, str], n: int) -> list[Chunk]:
+    def _remember(self, prompt: str, choices: list[_Choice]) -> None:
+        """Keep the token ids of each open chunk's text (prompt + chunk), to continue it from them."""
+        for choice in choices:
+            text = choice.chunk.text
+            # A chunk ending in U+FFFD was cut inside a character: its ids hold bytes its text lacks.
+            if choice.chunk.finished or not text or text.endswith("\ufffd"):
+                continue
+            if choice.prompt_ids is not None and choice.ids:
+                self._token_ids.put(prompt + text, choice.prompt_ids + choice.ids)
+
+    def _once(self, body: bytes, headers: dict[str, str], n: int) -> list[_Choice]:
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         deadline = _Deadline(self.timeout)
         opener = urllib.request.build_opener(_WatchedHTTPHandler(deadline), _WatchedHTTPSHandler(deadline))
@@ -494,4 +648,46 @@ class CompletionsSampler:
             deadline.cancel()
         if deadline.expired:  # an answer without Content-Length, cut at the deadline
             raise _Transient(f"no complete answer within timeout={self.timeout}s")
-        return parse_completions(raw, n)
+        return _parse_choices(raw, n)
+
+
+#: Engines a ``/models`` list names in ``owned_by``, and how to write their names.
+_ENGINES = {"vllm": "vLLM", "sglang": "SGLang"}
+#: Request fields of other servers, refused on vLLM and SGLang when their schema cannot be read.
+_FOREIGN_FIELDS = {"generation_config": "transformers serve"}
+
+
+def _engine(models: Any, model: str) -> str | None:
+    """The engine named by a ``/models`` answer's ``owned_by`` (the entry of ``model``, else the first)."""
+    entries = models.get("data") if isinstance(models, dict) else None
+    if not isinstance(entries, list):
+        return None
+    entries = [e for e in entries if isinstance(e, dict)]
+    entry = next((e for e in entries if e.get("id") == model), entries[0] if entries else None)
+    owner = entry.get("owned_by") if entry else None
+    return owner.lower() if isinstance(owner, str) and owner.lower() in _ENGINES else None
+
+
+def _completion_fields(schema: Any) -> set[str] | None:
+    """The request fields of a FastAPI server's completions schema (vLLM's ``CompletionRequest``), if any."""
+    try:
+        fields = schema["components"]["schemas"]["CompletionRequest"]["properties"]
+    except (KeyError, TypeError):
+        return None
+    return set(fields) if isinstance(fields, dict) and fields else None
+
+
+def _ignored_fields(extra_body: dict[str, Any], fields: set[str] | None, engine: str, url: str) -> str | None:
+    """Why ``extra_body`` is refused on ``engine`` (it holds fields the engine would ignore), or None."""
+    known = (lambda key: key not in _FOREIGN_FIELDS) if fields is None else fields.__contains__
+    ignored = sorted(key for key in extra_body if not known(key))
+    if not ignored:
+        return None
+    names = ", ".join(
+        f"{key!r}" + (f" ({_FOREIGN_FIELDS[key]}'s)" if key in _FOREIGN_FIELDS else "") for key in ignored
+    )
+    return (
+        f"extra_body sets {names}, not a request field of {engine}'s completions: {engine} at {url} would "
+        f"ignore it without a word. Use {engine}'s own fields (top_k, min_p, repetition_penalty, stop_token_ids, "
+        "...) or drop it."
+    )

@@ -4,7 +4,7 @@ One loop, the paper's pseudo-code, for a local large model and for one reached a
 
 1. every live beam of every prompt samples ``K`` chunks (a [`BudgetPolicy`][w2s_generate.BudgetPolicy])
    ending where the [`ChunkBoundary`][w2s_generate.ChunkBoundary] says, from a
-   [candidate source][w2s_generate.candidates.CandidateSource];
+   [candidate source][w2s_generate.CandidateSource];
 2. each candidate is scored by the pair's log-ratio of the whole response so far, incrementally;
 3. a [`SelectionPolicy`][w2s_generate.SelectionPolicy] keeps ``W`` distinct hypotheses per prompt
    (finished ones wait in the prompt's pool);
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteriaList
 
-from ._compat import eos_token_ids, output_rows, pad_token_id, processor_traits
+from ._compat import cache_in_forward_kwargs, eos_token_ids, output_rows, pad_token_id, processor_traits
 from .bridge import TextBridge
 from .candidates import (
     CandidateSource,
@@ -44,7 +44,27 @@ from .policies import (
 from .processor import check_shared_vocabulary, rows_look_padded
 from .row_processors import check_processors
 from .samplers import ChunkSampler
-from .strategy import SearchOutput, Strategy, TextSearchOutput, check_prompt_rows
+from .strategy import (
+    SearchOutput,
+    Strategy,
+    TextSearchOutput,
+    check_prompt_rows,
+    check_weak_prompts,
+    pair_type_error,
+    refuse_class,
+    refuse_options,
+)
+
+#: generate options the search's own loop does not apply: option -> why, and what to use instead.
+NOT_APPLIED = {
+    "output_scores": "the pair's log-ratio of each returned sequence is out.log_ratios, every round's in out.trace",
+    "output_logits": "the pair's log-ratio of each returned sequence is out.log_ratios, every round's in out.trace",
+    "output_attentions": "it returns no per-step model outputs",
+    "output_hidden_states": "it returns no per-step model outputs",
+    "prompt_lookup_num_tokens": "every candidate token is sampled from the large model itself; for fewer large-model "
+    "forwards use draft_tokens=",
+    "dola_layers": "DoLa contrasts the model's layers inside transformers' own decoding loop",
+}
 
 
 @dataclass
@@ -122,6 +142,8 @@ class ChunkBeamSearch(Strategy):
         tokenizer: the large model's tokenizer. Needed when it differs from the pair's (text is then
             bridged by decoding and re-encoding); when not given, the pair's tokenizer is taken to be
             the large model's, which is refused if the output tables differ by more than 1% of rows.
+            Rows of the large model's table past the pair's (padding) are never sampled when the pair
+            reads the large model's ids.
         selection: which candidates survive a round; default [`TopDistinct`][w2s_generate.TopDistinct]
             (the W best distinct ones).
         draft_tokens: G > 0 drafts G tokens at a time from one side of the pair and verifies them with one
@@ -150,7 +172,10 @@ class ChunkBeamSearch(Strategy):
     ) -> None:
         super().__init__()
         if not isinstance(pair, WeakPair):
-            raise TypeError(f"pair must be a w2s_generate.WeakPair; got {type(pair).__name__}.")
+            raise pair_type_error(pair)
+        refuse_class(successors_per_beam, "successors_per_beam")
+        refuse_class(chunk_length, "chunk_length")
+        refuse_class(selection, "selection")
         # Booleans are ints to Python, but beam_width=True is a mistake, not a width of 1.
         if not _is_count(beam_width):
             raise ValueError(f"beam_width must be an integer >= 1; got {beam_width!r}.")
@@ -246,21 +271,25 @@ class ChunkBeamSearch(Strategy):
         **model_kwargs,
     ):
         config = generation_config
-        self._check_call(model, config, input_ids, model_kwargs.get("attention_mask"))
+        self._check_model_kwargs(model_kwargs, config, return_trace)
+        self._check_call(model, config)
         check_processors(logits_processor, type(self).__name__)
         self._check_boundary_processors(logits_processor)
+        self._check_stop_token_ids(model)
+        tokenizer = self.bound_tokenizer or self.tokenizer
+        # Before the prompts are read: a large model of another vocabulary is named as such, not by its ids.
+        bridge = self._bridge(model, tokenizer)
+        check_prompt_rows(
+            model, config, input_ids, model_kwargs.get("attention_mask"), model_kwargs.get("position_ids")
+        )
         expand = max(config.num_beams, config.num_return_sequences)
         prompt_ids = input_ids[::expand]
         mask = model_kwargs.get("attention_mask")
         mask = torch.ones_like(prompt_ids) if mask is None else mask[::expand]
         batch, prompt_len = prompt_ids.shape
-        if weak_prompts is not None and len(weak_prompts) != batch:
-            raise ValueError(
-                f"weak_prompts has {len(weak_prompts)} entries for {batch} prompts: give one per prompt."
-            )
+        if weak_prompts is not None:
+            weak_prompts = check_weak_prompts(weak_prompts, batch)
         stopping_criteria = self.extend_stopping_criteria(stopping_criteria)
-        tokenizer = self.bound_tokenizer or self.tokenizer
-        bridge = self._bridge(model, tokenizer)
         if self.boundary.stop_strings and tokenizer is None and bridge is None:
             tokenizer = self.pair.tokenizer  # a shared vocabulary: the pair's tokenizer decodes the ids
         streamer = self.bound_streamer
@@ -278,7 +307,10 @@ class ChunkBeamSearch(Strategy):
             default_weak_prompts = prompt_rows
         else:
             default_weak_prompts = bridge.start(prompt_rows)  # also hands the prompts to the bridge
-        state = self.pair.start(weak_prompts if weak_prompts is not None else default_weak_prompts)
+        if weak_prompts is not None:
+            state = self.pair._start(weak_prompts, "weak_prompts")
+        else:
+            state = self.pair.start(default_weak_prompts)
         scorer = IdScorer(state, cost) if bridge is None else TextScorer(state, self.pair, bridge.texts, cost)
         if self.draft_tokens:
             source: CandidateSource = self._drafting_source(
@@ -307,6 +339,7 @@ class ChunkBeamSearch(Strategy):
                 self.beam_width * self.budget.max_successors,
                 cost,
                 stop_string_tokenizer=tokenizer,
+                pair_rows=self.pair.vocab_rows if bridge is None else None,
             )
         stream = _Streamer(streamer) if streamer is not None else None
         pools, trace = self._search(source, scorer, cost, return_trace, stream)
@@ -381,18 +414,13 @@ class ChunkBeamSearch(Strategy):
             )
         if not _is_count(max_new_tokens):
             raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}.")
-        if isinstance(weak_prompts, str):
-            raise ValueError(
-                f"weak_prompts must be a list (one per prompt); got a str: wrap it, [{weak_prompts!r:.40}]."
-            )
+        if weak_prompts is not None:
+            weak_prompts = check_weak_prompts(weak_prompts, len(prompts))
         if not callable(getattr(sampler, "sample", None)):
             raise TypeError(
                 f"sampler must have a sample(prefixes, n, max_tokens) method (e.g. CompletionsSampler); "
                 f"got a {type(sampler).__name__}."
             )
-        weak_prompts = list(prompts) if weak_prompts is None else list(weak_prompts)
-        if len(weak_prompts) != len(prompts):
-            raise ValueError(f"weak_prompts has {len(weak_prompts)} entries for {len(prompts)} prompts.")
         if self.draft_tokens:
             raise ValueError(
                 "draft_tokens needs the large model's logits to verify drafts; a text sampler returns text only. "
@@ -400,7 +428,12 @@ class ChunkBeamSearch(Strategy):
             )
         cost = SearchCost.zeros(len(prompts))
         source = TextSamplerSource(sampler, list(prompts), self.boundary, max_new_tokens, cost)
-        scorer = TextScorer(self.pair.start(weak_prompts), self.pair, lambda texts, owners: texts, cost)
+        state = (
+            self.pair.start(list(prompts))
+            if weak_prompts is None
+            else self.pair._start(weak_prompts, "weak_prompts")
+        )
+        scorer = TextScorer(state, self.pair, lambda texts, owners: texts, cost)
         pools, trace = self._search(source, scorer, cost, return_trace, None)
         best = [h for hyps in _best(pools, num_return_sequences) for h in hyps]
         scores = torch.tensor([score for score, _ in best])
@@ -425,6 +458,9 @@ class ChunkBeamSearch(Strategy):
         W = self.beam_width
         batch = len(source.owners)
         pools = [_Pool() for _ in range(batch)]
+        reset = getattr(self.selection, "reset", None)
+        if callable(reset):
+            reset()  # a policy's per-search state (e.g. StochasticSelection(seed=...)'s generator)
         trace: list[RoundTrace] = []
         # Round 0: W copies of each prompt, each with K_0 successors.
         k0 = self._successors(0, None, [])
@@ -514,6 +550,7 @@ class ChunkBeamSearch(Strategy):
             self.draft_tokens,
             cost,
             vocab_rows=output_rows(model),
+            pair_rows=self.pair.vocab_rows,
         )
 
     def _successors(self, round_index: int, best_finished: float | None, live: list[float]) -> int:
@@ -542,19 +579,49 @@ class ChunkBeamSearch(Strategy):
                     "unequal: use a fixed chunk_length with it, or drop it."
                 )
 
-    def _check_call(
-        self,
-        model,
-        config: GenerationConfig,
-        input_ids: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> None:
+    def _check_model_kwargs(self, model_kwargs: dict, config: GenerationConfig, return_trace: bool) -> None:
+        """Refuse what generate hands the search that it would not apply: inputs other than input_ids, a
+        prefilled cache, a trace with nowhere to go, and generate options of other decoding loops."""
+        name = type(self).__name__
+        if model_kwargs.get("inputs_embeds") is not None:
+            raise ValueError(
+                f"inputs_embeds: {name} needs input_ids (the pair reads the prompts' token ids or text); pass "
+                "input_ids instead."
+            )
+        if model_kwargs.get("token_type_ids") is not None:
+            raise ValueError(
+                f"token_type_ids: {name} does not pass them to the large model (its forwards take the ids, the "
+                "mask and the positions); drop them."
+            )
+        cache = cache_in_forward_kwargs(model_kwargs)
+        held = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        if held:
+            raise ValueError(
+                f"cache/past_key_values: {name} was given a KV cache that already holds {held} tokens; it prefills "
+                "its own cache from input_ids: drop the cache and pass the whole prompt as input_ids."
+            )
+        if return_trace and not config.return_dict_in_generate:
+            raise ValueError(
+                "return_trace=True needs return_dict_in_generate=True: the trace comes in the output object "
+                "(out.trace)."
+            )
+        refuse_options(config, name, NOT_APPLIED)
+
+    def _check_stop_token_ids(self, model) -> None:
+        """Refuse stop token ids past the large model's table: a chunk could never end at them."""
+        rows = output_rows(model)
+        bad = next((i for i in self.boundary.stop_token_ids if rows is not None and i >= rows), None)
+        if bad is not None:
+            raise ValueError(
+                f"ChunkBoundary's stop_token_ids holds {bad}, outside the large model's {rows} rows: the model never "
+                "samples it. Give ids of the large model's tokenizer (or stop_strings= for text)."
+            )
+
+    def _check_call(self, model, config: GenerationConfig) -> None:
         if getattr(model.config, "is_encoder_decoder", False):
             raise ValueError(
                 f"{type(self).__name__} drives decoder-only models; {model.config.model_type} is encoder-decoder."
             )
-        if input_ids is not None:
-            check_prompt_rows(model, config, input_ids, mask)
         if not config.do_sample:
             raise ValueError(
                 f"{type(self).__name__} samples candidate chunks: pass do_sample=True (with temperature/top_k/top_p "
@@ -563,6 +630,11 @@ class ChunkBeamSearch(Strategy):
         if config.num_beams != 1:
             raise ValueError(
                 f"num_beams={config.num_beams}: {type(self).__name__} keeps its own beams; set beam_width instead."
+            )
+        if config.num_return_sequences < 1:
+            raise ValueError(
+                f"num_return_sequences={config.num_return_sequences} must be at least 1 (and at most "
+                f"beam_width={self.beam_width})."
             )
         if config.num_return_sequences > self.beam_width:
             raise ValueError(
@@ -653,15 +725,23 @@ def select_hypotheses(
             )
             for score, _, row, item in distinct
         ]
-        chosen = policy.choose(candidates, width)
+        returned = policy.choose(candidates, width)
+        if isinstance(returned, (list, tuple, range)):
+            chosen = list(returned)
+        elif getattr(returned, "ndim", None) == 1 and hasattr(returned, "tolist"):
+            chosen = returned.tolist()  # a 1-D tensor or array of indices
+        else:
+            chosen = None
         if (
-            len(set(chosen)) != len(chosen)
+            chosen is None
+            or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in chosen)
+            or len(set(chosen)) != len(chosen)
             or len(chosen) > width
             or not all(0 <= i < len(distinct) for i in chosen)
         ):
             raise ValueError(
-                f"the selection policy {policy!r} returned {chosen!r} for {len(distinct)} candidates: it must "
-                f"return at most {width} distinct indices into the candidates."
+                f"the selection policy {policy!r} returned {returned!r} for {len(distinct)} candidates: it must "
+                f"return a list of at most {width} distinct indices (integers) into the candidates."
             )
         kept: list[_Finished] = []
         live: list[int] = []

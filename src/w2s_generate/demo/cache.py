@@ -34,14 +34,18 @@ CACHE_FORMAT = "demo-v1"
 MANIFEST = "manifest.json"
 STRONG_DIR, WEAK_DIR, ADAPTER_DIR, TOKENIZER_DIR = "strong", "weak", "weak-positive-lora", "tokenizer"
 
-# What a complete cache holds; checked before reuse so a hand-damaged folder is rebuilt, not loaded.
+# What a complete cache holds; checked before reuse so a hand-damaged folder is rebuilt, not loaded
+# (a cache written before each model folder held its tokenizer is rebuilt the same way).
 REQUIRED_FILES = (
     f"{STRONG_DIR}/config.json",
     f"{STRONG_DIR}/model.safetensors",
+    f"{STRONG_DIR}/tokenizer.json",
     f"{WEAK_DIR}/config.json",
     f"{WEAK_DIR}/model.safetensors",
+    f"{WEAK_DIR}/tokenizer.json",
     f"{ADAPTER_DIR}/adapter_config.json",
     f"{ADAPTER_DIR}/adapter_model.safetensors",
+    f"{ADAPTER_DIR}/tokenizer.json",
     f"{TOKENIZER_DIR}/tokenizer.json",
     MANIFEST,
 )

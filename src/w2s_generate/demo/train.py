@@ -436,7 +436,10 @@ def _train_and_publish(final: Path, progress: bool, scale: float) -> TrainedDemo
         # save_embedding_layers=False: peft would otherwise also store the full lm_head weights
         # because it is a LoRA target; the adapter needs only the low-rank matrices.
         tuned.save_pretrained(staged / ADAPTER_DIR, safe_serialization=True, save_embedding_layers=False)
-        tokenizer.save_pretrained(staged / TOKENIZER_DIR)
+        # The tokenizer goes next to each model too, so that each folder loads on its own (as the
+        # command line and from_pretrained load them), besides its own folder for the demo's loader.
+        for folder in (TOKENIZER_DIR, STRONG_DIR, WEAK_DIR, ADAPTER_DIR):
+            tokenizer.save_pretrained(staged / folder)
         # The manifest goes last: its presence marks a complete folder even before publishing.
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         publish(staged, final)
