@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import inspect
 import threading
+import warnings
 import weakref
 from collections.abc import Iterator
 
@@ -31,6 +32,15 @@ def base_model(model: torch.nn.Module) -> PreTrainedModel:
 def _cache_keyword_of(model_class: type) -> str:
     parameters = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
+
+
+def learned_position_limit(model: torch.nn.Module) -> int | None:
+    """The size of a model's learned position table (GPT-2 and kin), or None when it has none."""
+    config = base_model(model).config
+    # Only absolute learned position tables are a hard limit; rotary models degrade but still run.
+    if getattr(config, "model_type", "") in {"gpt2", "gpt_neo", "opt", "gptj", "bloom", "codegen"}:
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return None
 
 
 def output_rows(model: torch.nn.Module) -> int | None:
@@ -143,6 +153,18 @@ def accepts_position_ids(model: PreTrainedModel) -> bool:
 def accepts_logits_to_keep(model: PreTrainedModel) -> bool:
     """Whether ``model.forward`` can skip the logits of all but the last positions."""
     return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+@contextlib.contextmanager
+def peft_deprecation_ignored() -> Iterator[None]:
+    """Hide one FutureWarning peft raises on every wrap of a transformers-5 model.
+
+    peft 0.21 reads transformers' deprecated ``is_gradient_checkpointing``; it is harmless and not
+    ours to fix. Can go once peft reads ``is_activation_checkpointing``.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
 
 
 def _adapter_hook_function():

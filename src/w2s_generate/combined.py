@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .pairs import Prompt, WeakPair, _check_causal_lm, _load_kwargs, load_adapters
+from .pairs import Prompt, WeakPair, check_causal_lm, load_adapters, load_kwargs
 from .prompt_format import read_prompt_format
 from .scoring import Side
 
@@ -75,7 +75,7 @@ class PromptPair(WeakPair):
                 f"condition and against are the same text ({condition!r:.40}): both sides would read the same, "
                 "so the pair would not guide at all."
             )
-        _check_causal_lm(model, "model")
+        check_causal_lm(model, "model")
         model.eval()
         self.condition = condition
         self.against = against
@@ -190,7 +190,7 @@ class GuidanceEnsemble(WeakPair):
         )
         if len(set(names)) != len(names):
             names = [f"pair{i}" for i in range(len(adapters))]
-        load = _load_kwargs({}, dtype, device_map, allow_pickle, trust_remote_code)
+        load = load_kwargs({}, dtype, device_map, allow_pickle, trust_remote_code)
         peft_model, tok = load_adapters(adapters, names, tokenizer, load, allow_pickle)
         if chat_template is None:
             recorded = {read_prompt_format(a) for a in adapters if Path(str(a)).is_dir()} - {None}

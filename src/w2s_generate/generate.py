@@ -13,8 +13,8 @@ from transformers import LogitsProcessorList
 
 from ._compat import eos_token_ids, output_rows, pad_token_id, processor_traits, run_builtin_decoding
 from .pairs import WeakPair
-from .policies import _is_count
-from .processor import WeakToStrongLogitsProcessor, check_shared_vocabulary
+from .policies import is_count
+from .processor import WeakToStrongLogitsProcessor
 from .strategy import Strategy, check_prompt_rows, refuse_options
 
 _ENABLED = "_w2s_original_generate"
@@ -64,7 +64,7 @@ class TokenGuidance(Strategy):
 
     def __init__(self, pair: WeakPair, beta: float = 1.0, draft_tokens: int | None = None) -> None:
         super().__init__()
-        if draft_tokens is not None and not _is_count(draft_tokens, 0):
+        if draft_tokens is not None and not is_count(draft_tokens, 0):
             raise ValueError(f"draft_tokens must be None or an integer >= 0; got {draft_tokens!r}.")
         self.processor = WeakToStrongLogitsProcessor(pair, beta)
         self.pair = pair
@@ -91,12 +91,9 @@ class TokenGuidance(Strategy):
             model_kwargs.get("attention_mask"),
             model_kwargs.get("position_ids"),
         )
-        if self.bound_tokenizer is not None:
-            check_shared_vocabulary(self.pair, self.bound_tokenizer)
         processor = WeakToStrongLogitsProcessor(
-            self.pair, self.beta, pad_token_id=self.processor.pad_token_id
+            self.pair, self.beta, self.bound_tokenizer, pad_token_id=self.processor.pad_token_id
         )
-        processor._vocabulary_checked = self.bound_tokenizer is not None
         rows = output_rows(model)
         if rows is not None:
             # Before the pair reads the prompts: another vocabulary's ids are not bad prompt ids.
@@ -112,11 +109,14 @@ class TokenGuidance(Strategy):
                 generation_config,
                 model_kwargs,
             )
-        # Greedy decoding and sampling never reorder rows: no history to compare at each step.
-        processor._rows_keep_order = not generation_config.num_beams or generation_config.num_beams == 1
         mask = model_kwargs.get("attention_mask")
-        # generate passes no mask when it is all ones: then no prompt token is padding.
-        processor.begin(input_ids, torch.ones_like(input_ids) if mask is None else mask)
+        # generate passes no mask when it is all ones: then no prompt token is padding. Greedy
+        # decoding and sampling never reorder rows: no history to compare at each step.
+        processor.begin(
+            input_ids,
+            torch.ones_like(input_ids) if mask is None else mask,
+            rows_keep_order=not generation_config.num_beams or generation_config.num_beams == 1,
+        )
         processors = insert_before_warpers(logits_processor, processor)
         streamer = self.bound_streamer
         if streamer is not None:
@@ -155,7 +155,7 @@ def _drafted_call(
         model_kwargs.get("attention_mask"),
         strategy.pair,
         strategy.beta,
-        processor._combine,
+        processor.combine,
         logits_processor,
         strategy.draft_tokens,
         max(config.max_length - input_ids.shape[1], 0),

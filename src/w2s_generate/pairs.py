@@ -32,7 +32,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS_SAFE = "adapter_model.safetensors"
 
 
-def _check_causal_lm(model: torch.nn.Module, role: str) -> None:
+def check_causal_lm(model: torch.nn.Module, role: str) -> None:
     config = getattr(base_model(model), "config", None)
     if config is None:
         raise TypeError(f"{role} must be a transformers causal LM; got {type(model).__name__}.")
@@ -151,8 +151,8 @@ class WeakPair:
         *,
         chat_template: bool | None = None,
     ) -> None:
-        _check_causal_lm(tuned, "tuned")
-        _check_causal_lm(untuned, "untuned")
+        check_causal_lm(tuned, "tuned")
+        check_causal_lm(untuned, "untuned")
         self._check_same_placement(tuned, untuned)
         rows_tuned, rows_untuned = output_rows(tuned), output_rows(untuned)
         if rows_tuned != rows_untuned:
@@ -242,7 +242,7 @@ class WeakPair:
             >>> pair = WeakPair.from_peft(peft_model, tokenizer)
         """
         _check_peft_adapter(peft_model, adapter_name)
-        _check_causal_lm(peft_model, "peft_model")
+        check_causal_lm(peft_model, "peft_model")
         peft_model.eval()
         pair = cls.__new__(cls)
         pair._init(
@@ -289,7 +289,7 @@ class WeakPair:
             >>> pair = WeakPair.from_pretrained("lvwerra/gpt2-imdb", "gpt2")   # doctest: +SKIP
             >>> pair = WeakPair.from_pretrained("path/to/my-lora-adapter")     # doctest: +SKIP
         """
-        load = _load_kwargs(model_kwargs, dtype, device_map, allow_pickle, trust_remote_code)
+        load = load_kwargs(model_kwargs, dtype, device_map, allow_pickle, trust_remote_code)
         adapter_dir = _adapter_dir(tuned, allow_pickle)
         if adapter_dir is not None:
             if untuned is not None:
@@ -453,7 +453,7 @@ def _from_pretrained(path: str | os.PathLike, load: dict[str, Any], allow_pickle
         ) from error
 
 
-def _load_kwargs(
+def load_kwargs(
     model_kwargs, dtype, device_map, allow_pickle: bool, trust_remote_code: bool
 ) -> dict[str, Any]:
     load = dict(model_kwargs)

@@ -26,7 +26,7 @@ from typing import Protocol
 import torch
 
 
-def _is_count(value: object, minimum: int = 1) -> bool:
+def is_count(value: object, minimum: int = 1) -> bool:
     """An integer >= ``minimum`` that is not a bool (numpy integers are fine)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
@@ -159,7 +159,7 @@ class DiverseSelection:
     max_per_parent: int = 1
 
     def __post_init__(self) -> None:
-        if not _is_count(self.max_per_parent):
+        if not is_count(self.max_per_parent):
             raise ValueError(f"max_per_parent must be an integer >= 1; got {self.max_per_parent!r}.")
 
     def choose(self, candidates: Sequence[Candidate], width: int) -> list[int]:
@@ -218,7 +218,7 @@ class StochasticSelection:
             raise ValueError(f"temperature must be a number > 0; got {temperature!r}.")
         if not math.isfinite(temperature):
             raise ValueError(f"temperature must be finite; got {temperature!r}.")
-        if seed is not None and not _is_count(seed, 0):
+        if seed is not None and not is_count(seed, 0):
             raise ValueError(f"seed must be an integer >= 0 (or None); got {seed!r}.")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(
@@ -291,7 +291,7 @@ class ConstantBudget:
     successors_per_beam: int = 4
 
     def __post_init__(self) -> None:
-        if not _is_count(self.successors_per_beam):
+        if not is_count(self.successors_per_beam):
             raise ValueError(
                 f"successors_per_beam must be an integer >= 1; got {self.successors_per_beam!r}."
             )
@@ -326,7 +326,7 @@ class ScheduledBudget:
         self, schedule: Sequence[int] | Callable[[int], int], max_successors: int | None = None
     ) -> None:
         if callable(schedule):
-            if not _is_count(max_successors):
+            if not is_count(max_successors):
                 raise ValueError(
                     f"a schedule given as a function needs max_successors (the largest K it returns); "
                     f"got {max_successors!r}."
@@ -341,7 +341,7 @@ class ScheduledBudget:
                     f"{schedule!r:.40}."
                 )
             values = list(schedule)
-            if not values or not all(_is_count(k) for k in values):
+            if not values or not all(is_count(k) for k in values):
                 raise ValueError(f"schedule must be a non-empty list of integers >= 1; got {schedule!r}.")
             self._function = None
             self._list = [int(k) for k in values]
@@ -354,7 +354,7 @@ class ScheduledBudget:
         if self._function is None:
             return self._list[min(round_index, len(self._list) - 1)]
         k = self._function(round_index)
-        if not _is_count(k) or k > self.max_successors:
+        if not is_count(k) or k > self.max_successors:
             raise ValueError(
                 f"the budget schedule returned {k!r} for round {round_index}: it must return an integer "
                 f"between 1 and max_successors={self.max_successors}."
@@ -386,7 +386,7 @@ class AdaptiveBudget:
     margin: float = 1.0
 
     def __post_init__(self) -> None:
-        if not _is_count(self.successors_per_beam):
+        if not is_count(self.successors_per_beam):
             raise ValueError(
                 f"successors_per_beam must be an integer >= 1; got {self.successors_per_beam!r}."
             )
@@ -432,7 +432,7 @@ class ChunkBoundary:
         stop_strings: Sequence[str] | None = None,
         stop_token_ids: Sequence[int] | None = None,
     ) -> None:
-        if max_tokens is not None and not _is_count(max_tokens):
+        if max_tokens is not None and not is_count(max_tokens):
             raise ValueError(
                 f"max_tokens must be an integer >= 1 or None (whole responses); got {max_tokens!r}."
             )
@@ -454,7 +454,7 @@ class ChunkBoundary:
             raise ValueError(
                 f"stop_token_ids must be token ids (integers >= 0); got {ids!r}: texts go in stop_strings=."
             )
-        if not all(_is_count(i, 0) for i in ids):
+        if not all(is_count(i, 0) for i in ids):
             raise ValueError(f"stop_token_ids must be token ids (integers >= 0); got {ids!r}.")
         self.max_tokens = None if max_tokens is None else int(max_tokens)
         self.stop_strings = strings

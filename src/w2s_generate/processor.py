@@ -104,7 +104,7 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
         self.state: GuidanceState | None = None
         self._seen: torch.Tensor | None = None  # [N, T] the input_ids of the last call
         self._rows_checked: tuple[int, int] | None = None  # output table sizes found compatible
-        self._rows_keep_order = False  # set by TokenGuidance for loops that never reorder rows
+        self._rows_keep_order = False  # set by begin() for loops that never reorder rows
         self._prompt_mask: torch.Tensor | None = None
 
     def reset(self) -> None:
@@ -113,9 +113,19 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
         self._seen = None
         self._prompt_mask = None
 
-    def begin(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-        """Start from these prompts with their real attention mask (instead of guessing padding)."""
+    def begin(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, rows_keep_order: bool = False
+    ) -> None:
+        """Start from these prompts with their real attention mask (instead of guessing padding).
+
+        Args:
+            input_ids: ``[N, T]`` the prompts, left-padded.
+            attention_mask: ``[N, T]`` their mask (None: no padding).
+            rows_keep_order: the caller's loop never reorders rows (greedy decoding, sampling), so
+                no step compares histories to follow them (no host sync).
+        """
         self.reset()
+        self._rows_keep_order = rows_keep_order
         self._prompt_mask = None if attention_mask is None else attention_mask.bool()
         self._start(input_ids)
 
@@ -128,7 +138,7 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
         self.check_rows(scores.shape[-1])
         self._advance(input_ids)
         guidance = self.state.next_token_guidance().to(scores.device)
-        return self._combine(logprobs, guidance)
+        return self.combine(logprobs, guidance)
 
     def check_rows(self, strong_rows: int, weak_rows: int | None = None) -> int:
         """Refuse a large model's output table of another vocabulary; returns the rows both share.
@@ -156,8 +166,11 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
         return shared
 
     # ------------------------------------------------------------------ steps
-    def _combine(self, logprobs: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        """``[N, Vs], [N, Vw] -> [N, Vs]`` guided log-probs over the shared rows."""
+    def combine(self, logprobs: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """``[N, Vs], [N, Vw] -> [N, Vs]``: ``logprobs + beta * guidance`` over the shared rows.
+
+        Rows of the large model's table past the pair's vocabulary (padding) get ``-inf``.
+        """
         strong_rows, weak_rows = logprobs.shape[-1], guidance.shape[-1]
         if (strong_rows, weak_rows) == self._rows_checked and strong_rows == weak_rows:
             return logprobs + self.beta * guidance  # the common case, checked on the first step

@@ -26,6 +26,7 @@ from ._compat import (
     base_model,
     forward_with_cache,
     guarded_mixed_adapter_forward,
+    learned_position_limit,
     new_cache,
     select_cache_rows,
 )
@@ -81,14 +82,6 @@ class _Group:
     ids: torch.Tensor | None = None  # [S_g*N, T] every token fed so far (to re-feed one after a retraction)
     token_logp: torch.Tensor | None = None  # [S_g*N, T] counted log-prob of each fed token (0 if not counted)
     last_logp: torch.Tensor | None = None  # [S_g*N, V] log-probs of the next token
-
-
-def _max_positions(model: torch.nn.Module) -> int | None:
-    config = base_model(model).config
-    # Only absolute learned position tables are a hard limit; rotary models degrade but still run.
-    if getattr(config, "model_type", "") in {"gpt2", "gpt_neo", "opt", "gptj", "bloom", "codegen"}:
-        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return None
 
 
 def _sliding_window(model: torch.nn.Module) -> int | None:
@@ -194,7 +187,7 @@ class GuidanceState:
                     adapter_names=None,
                     uses_position_ids=accepts_position_ids(base_model(side.model)),
                     keeps_logits=accepts_logits_to_keep(base_model(side.model)),
-                    max_positions=_max_positions(side.model),
+                    max_positions=learned_position_limit(side.model),
                     sliding_window=_sliding_window(side.model),
                 )
                 by_model[id(side.model)] = group

@@ -39,7 +39,7 @@ from .policies import (
     SearchCost,
     SelectionPolicy,
     TopDistinct,
-    _is_count,
+    is_count,
 )
 from .processor import check_shared_vocabulary, rows_look_padded
 from .row_processors import check_processors
@@ -177,16 +177,16 @@ class ChunkBeamSearch(Strategy):
         refuse_class(chunk_length, "chunk_length")
         refuse_class(selection, "selection")
         # Booleans are ints to Python, but beam_width=True is a mistake, not a width of 1.
-        if not _is_count(beam_width):
+        if not is_count(beam_width):
             raise ValueError(f"beam_width must be an integer >= 1; got {beam_width!r}.")
         if isinstance(successors_per_beam, numbers.Number) or successors_per_beam is None:
-            if not _is_count(successors_per_beam):
+            if not is_count(successors_per_beam):
                 raise ValueError(
                     f"successors_per_beam must be an integer >= 1; got {successors_per_beam!r}. For a K that "
                     "changes by round, pass a budget policy (e.g. ScheduledBudget([8, 4, 2]))."
                 )
             budget: BudgetPolicy = ConstantBudget(int(successors_per_beam))
-        elif callable(getattr(successors_per_beam, "successors", None)) and _is_count(
+        elif callable(getattr(successors_per_beam, "successors", None)) and is_count(
             getattr(successors_per_beam, "max_successors", None)
         ):
             budget = successors_per_beam
@@ -197,7 +197,7 @@ class ChunkBeamSearch(Strategy):
             )
         if isinstance(chunk_length, ChunkBoundary):
             boundary = chunk_length
-        elif chunk_length is None or _is_count(chunk_length):
+        elif chunk_length is None or is_count(chunk_length):
             boundary = ChunkBoundary(chunk_length)
         else:
             raise ValueError(
@@ -215,7 +215,7 @@ class ChunkBeamSearch(Strategy):
             raise TypeError(
                 f"tokenizer must be the large model's transformers tokenizer; got a {type(tokenizer).__name__}."
             )
-        if draft_tokens is not None and draft_tokens != 0 and not _is_count(draft_tokens):
+        if draft_tokens is not None and draft_tokens != 0 and not is_count(draft_tokens):
             raise ValueError(
                 f"draft_tokens must be an integer >= 1, or None/0 for no drafting; got {draft_tokens!r}."
             )
@@ -408,11 +408,11 @@ class ChunkBeamSearch(Strategy):
             raise ValueError(
                 f"prompts[{empty[0]}] is empty: give the text the large model continues (at least its BOS text)."
             )
-        if not _is_count(num_return_sequences) or num_return_sequences > W:
+        if not is_count(num_return_sequences) or num_return_sequences > W:
             raise ValueError(
                 f"num_return_sequences={num_return_sequences!r} must be an integer between 1 and beam_width={W}."
             )
-        if not _is_count(max_new_tokens):
+        if not is_count(max_new_tokens):
             raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}.")
         if weak_prompts is not None:
             weak_prompts = check_weak_prompts(weak_prompts, len(prompts))
@@ -555,7 +555,7 @@ class ChunkBeamSearch(Strategy):
 
     def _successors(self, round_index: int, best_finished: float | None, live: list[float]) -> int:
         k = self.budget.successors(round_index, best_finished, live)
-        if not _is_count(k, 0) or k > self.budget.max_successors:
+        if not is_count(k, 0) or k > self.budget.max_successors:
             raise ValueError(
                 f"the budget policy {self.budget!r} returned {k!r} successors for round {round_index}: it must "
                 f"return an integer between 0 and its max_successors={self.budget.max_successors}."
@@ -669,7 +669,7 @@ class BestOfN(ChunkBeamSearch):
     """
 
     def __init__(self, pair: WeakPair, n: int = 16, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
-        if not _is_count(n):
+        if not is_count(n):
             raise ValueError(f"n must be an integer >= 1; got {n!r}.")
         super().__init__(pair, beam_width=1, successors_per_beam=n, chunk_length=None, tokenizer=tokenizer)
         self.n = n

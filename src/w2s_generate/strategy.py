@@ -152,8 +152,7 @@ def check_prompt_rows(
                 f"{tuple(input_ids.shape)}: one mask entry per token (1 for a token, 0 for padding), as the "
                 "tokenizer gives them together."
             )
-    from ._compat import input_rows
-    from .scoring import _max_positions
+    from ._compat import input_rows, learned_position_limit
 
     rows = input_rows(model)
     # Everything checked below in one host sync: the ids' range, then the mask's values and layout.
@@ -194,7 +193,7 @@ def check_prompt_rows(
                 f"row {row} of the attention mask has padding after its tokens (right padding): a decoder-only "
                 "model continues from the last position, so pad on the left: tokenizer.padding_side = 'left'."
             )
-    limit = _max_positions(model)  # a learned position table (GPT-2): a hard limit
+    limit = learned_position_limit(model)  # a learned position table (GPT-2): a hard limit
     new = config.max_length - width
     if limit is not None and longest + new > limit:  # padding takes no positions
         raise ValueError(

@@ -70,9 +70,9 @@ class Prepared:
 
 def _context(model) -> int | None:
     """The hard context of a model with a learned position table (GPT-2's 1024), else None."""
-    from ..scoring import _max_positions  # scoring.py's own reader; it has no public name yet
+    from .._compat import learned_position_limit
 
-    return _max_positions(model)
+    return learned_position_limit(model)
 
 
 def _check_fits(length: int, room: int, limit: int | None, whose: str, args) -> None:

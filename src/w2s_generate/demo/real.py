@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .._compat import peft_deprecation_ignored
 from ..gguf_models import REAL_MODELS
 from .compare import Method, MethodResult, compare_methods
 from .openings import EVAL_OPENINGS
@@ -41,7 +42,6 @@ from .real_adapter import (
     train_positive_adapter,
 )
 from .real_reward import large_model_fluency, vader_reward
-from .train import _peft_deprecation_ignored
 
 __all__ = [
     "ADAPTER_DIR",
@@ -111,7 +111,7 @@ def load_real_models(
     else:
         say(progress, f"using the cached positive adapter at {folder}")
     base, weak_tokenizer = load_real_model(WEAK_MODEL, cache_dir, progress)
-    with _peft_deprecation_ignored():
+    with peft_deprecation_ignored():
         weak = PeftModel.from_pretrained(base, folder, is_trainable=False).eval()
     large, large_tokenizer = load_real_model(LARGE_MODEL, cache_dir, progress)
     return RealDemoModels(large, large_tokenizer, weak, weak_tokenizer, folder, manifest)

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
+from .._compat import peft_deprecation_ignored
 from ..gguf_models import REAL_CACHE_FORMAT, REAL_MODELS, real_model_folder
 from .cache import cache_root, publish, staging_dir
 from .compare import generate_responses
 from .openings import CHECK_OPENINGS, TRAIN_OPENINGS
 from .real_reward import encode_examples, response_logprobs, vader_reward
-from .train import _peft_deprecation_ignored
 
 __all__ = [
     "ADAPTER_DIR",
@@ -347,7 +347,7 @@ def train_positive_adapter(
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(recipe.seed)
-    with _peft_deprecation_ignored():
+    with peft_deprecation_ignored():
         model = get_peft_model(base, config)
     train_started = time.perf_counter()
     if recipe.objective == "preference":

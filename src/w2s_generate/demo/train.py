@@ -22,7 +22,6 @@ import os
 import platform
 import random
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .._compat import hub_progress_bars_off
+from .._compat import hub_progress_bars_off, peft_deprecation_ignored
 from .cache import (
     ADAPTER_DIR,
     CACHE_FORMAT,
@@ -127,7 +126,7 @@ class DemoModels:
         the LoRA layers into the module it is given).
         """
         base = _load_llama(self.cache_dir / WEAK_DIR)
-        with _peft_deprecation_ignored():
+        with peft_deprecation_ignored():
             model = PeftModel.from_pretrained(base, self.adapter_dir, is_trainable=False)
         return model.eval()
 
@@ -151,18 +150,6 @@ class TrainedDemo:
     tokenizer: PreTrainedTokenizerFast
     cache_dir: Path
     manifest: dict[str, Any]
-
-
-@contextlib.contextmanager
-def _peft_deprecation_ignored() -> Iterator[None]:
-    """Hide one FutureWarning peft raises on every wrap of a transformers-5 model.
-
-    peft 0.21 reads transformers' deprecated ``is_gradient_checkpointing``; it is harmless and not
-    ours to fix. Can go once peft reads ``is_activation_checkpointing``.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-        yield
 
 
 def recipe_fingerprint() -> str:
@@ -390,7 +377,7 @@ def _train_and_publish(final: Path, progress: bool, scale: float) -> TrainedDemo
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with _peft_deprecation_ignored():
+    with peft_deprecation_ignored():
         tuned = get_peft_model(copy.deepcopy(trained["weak"]), lora_config)
     lora_train = _train(
         tuned,
