@@ -19,7 +19,6 @@ _UNSET_BY_DEFAULT = (
     "negative_prompt_ids",
     "negative_prompt_attention_mask",
 )
-SEARCHES = ("cbs", "bon", "token")
 
 
 @functools.lru_cache(maxsize=4)
@@ -33,13 +32,7 @@ def generate(
     weak_pair: w2s.WeakPair | None = None,
     weak_tuned: str | None = None,
     weak_untuned: str | None = None,
-    search: str = "cbs",
-    beam_width: int = 4,
-    successors_per_beam: int | w2s.BudgetPolicy = 4,
-    chunk_length: int | w2s.ChunkBoundary | None = 5,
-    selection: w2s.SelectionPolicy | None = None,
-    n: int = 16,
-    beta: float = 1.0,
+    method: str = "cbs",
     streamer=None,
     tokenizer=None,
     stop_strings=None,
@@ -52,34 +45,29 @@ def generate(
         weak_pair: a ``w2s_generate.WeakPair`` (two checkpoints, or a base with a LoRA adapter).
         weak_tuned, weak_untuned: where to load the pair instead (hub ids or folders; a LoRA adapter
             as ``weak_tuned`` with no ``weak_untuned`` means "that adapter on its base").
-        search: ``"cbs"`` (chunk-level beam search), ``"bon"`` (best-of-N) or ``"token"`` (token-level
-            guidance; needs a shared vocabulary).
-        beam_width, successors_per_beam, chunk_length: W, K, L of chunk-level beam search (K may be a
-            budget policy such as ``w2s.ScheduledBudget``, L a ``w2s.ChunkBoundary``).
-        selection: which candidates survive a round (default: the W best distinct ones).
-        n: samples of best-of-N.
-        beta: strength of token-level guidance.
+        method: ``"cbs"`` (chunk-level beam search), ``"bon"`` (best-of-N) or ``"token"`` (token-level
+            guidance; needs a shared vocabulary): the methods of ``w2s_generate.methods.METHODS``.
         streamer, tokenizer, stop_strings: as for ``generate``; ``tokenizer`` is the large model's and
             also bridges a pair with another tokenizer.
-        **kwargs: every other ``generate`` argument (``do_sample``, ``max_new_tokens``, ``weak_prompts``,
-            ``return_trace``, ``return_dict_in_generate``, ...).
+        **kwargs: the method's options, by the names of the package's method table and of the
+            command line's flags (cbs: ``beam_width``, ``successors`` (an integer or a budget policy
+            such as ``w2s.ScheduledBudget``), ``chunk_length`` (an integer or a ``w2s.ChunkBoundary``),
+            ``selection`` (``"top"``, ``"diverse"``, ``"stochastic"`` or a selection policy),
+            ``max_per_parent``, ``selection_temperature``, ``successors_schedule``, ``settle_margin``,
+            ``chunk_stop``, ``draft_tokens``; bon: ``n``; token: ``beta``, ``draft_tokens``; an option
+            of another method is refused by name), then every other ``generate`` argument
+            (``do_sample``, ``max_new_tokens``, ``weak_prompts``, ``return_trace``, ...).
     """
+    from w2s_generate.methods import build_strategy, option_owners
+
     if weak_pair is None:
         if weak_tuned is None:
             raise ValueError(
                 "Give the weak pair: weak_pair=w2s.WeakPair(...), or weak_tuned= (and weak_untuned=) to load one."
             )
         weak_pair = _load_pair(str(weak_tuned), None if weak_untuned is None else str(weak_untuned))
-    if search == "cbs":
-        strategy = w2s.ChunkBeamSearch(
-            weak_pair, beam_width, successors_per_beam, chunk_length, selection=selection
-        )
-    elif search == "bon":
-        strategy = w2s.BestOfN(weak_pair, n=n)
-    elif search == "token":
-        strategy = w2s.TokenGuidance(weak_pair, beta=beta)
-    else:
-        raise ValueError(f"search={search!r} is not one of {SEARCHES}.")
+    options = {name: kwargs.pop(name) for name in option_owners() if name in kwargs}
+    strategy = build_strategy(method, weak_pair, options=options)
     for name in _UNSET_BY_DEFAULT:
         if kwargs.get(name) in (None, False):
             kwargs.pop(name, None)

@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..methods import method_defaults
 from .encoding import Prepared, prepare
 from .job_store import OutputError, ResultsFile, check_output_path, result_line, warn_about_existing
 from .loading import LoadError, check_paths, hub_progress_bars, load_models
 from .messages import PROG, reason, report
-from .options import METHOD_OPTIONS, check_generate_args
+from .options import check_generate_args
 from .prompts import BadLine, PromptRecord, check_prompts_file, direct_prompts, read_prompts
 
 GENERATE_DESCRIPTION = """\
@@ -64,7 +65,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         **remote,
         **weak,
         **{key: value for key, value in tokenizers.items() if value is not None},
-        **{option: getattr(args, option) for option in METHOD_OPTIONS[args.method]},
+        **{option: getattr(args, option) for option in method_defaults(args.method)},
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "top_k": args.top_k,

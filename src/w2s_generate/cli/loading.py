@@ -292,44 +292,11 @@ def check_tokenizer_size(tokenizer, rows: int, source: str, flag: str) -> None:
 
 
 def make_strategy(args: argparse.Namespace, pair, strong_tokenizer):
-    """The decoding strategy of ``--method``."""
-    from ..generate import TokenGuidance
-    from ..policies import (
-        AdaptiveBudget,
-        ChunkBoundary,
-        DiverseSelection,
-        ScheduledBudget,
-        StochasticSelection,
-        TopDistinct,
-    )
-    from ..search import BestOfN, ChunkBeamSearch
+    """The decoding strategy of ``--method``, built from the method table."""
+    from ..methods import build_strategy, method_defaults
 
-    if args.method == "cbs":
-        if args.successors_schedule is not None:
-            budget = ScheduledBudget(args.successors_schedule)
-        elif args.settle_margin is not None:
-            budget = AdaptiveBudget(args.successors, args.settle_margin)
-        else:
-            budget = args.successors
-        if args.selection == "diverse":
-            selection = DiverseSelection(args.max_per_parent or 1)
-        elif args.selection == "stochastic":
-            selection = StochasticSelection(args.selection_temperature or 1.0, seed=args.seed)
-        else:
-            selection = TopDistinct()
-        boundary = ChunkBoundary(args.chunk_length, stop_strings=args.chunk_stop)
-        return ChunkBeamSearch(
-            pair,
-            args.beam_width,
-            budget,
-            boundary,
-            tokenizer=strong_tokenizer,
-            selection=selection,
-            draft_tokens=args.draft_tokens,
-        )
-    if args.method == "bon":
-        return BestOfN(pair, args.n, tokenizer=strong_tokenizer)
-    return TokenGuidance(pair, args.beta, draft_tokens=args.draft_tokens)
+    options = {option: getattr(args, option) for option in method_defaults(args.method)}
+    return build_strategy(args.method, pair, strong_tokenizer, seed=args.seed, options=options)
 
 
 def make_sampler(args: argparse.Namespace):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
 
 from .values import (
     device_map,
@@ -23,29 +22,9 @@ from .values import (
     positive_float,
     positive_int,
     probability,
-    schedule,
     seed_int,
-    stop_string,
 )
 
-#: Options that only one method reads, with their defaults. Given to another method, they are refused
-#: rather than silently ignored.
-METHOD_OPTIONS: dict[str, dict[str, Any]] = {
-    "cbs": {
-        "beam_width": 4,
-        "successors": 4,
-        "chunk_length": 5,
-        "selection": "top",
-        "max_per_parent": None,
-        "selection_temperature": None,
-        "successors_schedule": None,
-        "settle_margin": None,
-        "chunk_stop": None,
-        "draft_tokens": None,
-    },
-    "bon": {"n": 16},
-    "token": {"beta": 1.0, "draft_tokens": None},
-}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 # --------------------------------------------------------------------------- the arguments
@@ -191,65 +170,32 @@ def _add_model_arguments(models: argparse._ArgumentGroup) -> None:
     )
 
 
-def _add_method_arguments(method: argparse._ArgumentGroup) -> None:
-    method.add_argument("--method", required=True, choices=sorted(METHOD_OPTIONS), help="decoding method")
-    method.add_argument(
-        "--beam-width", type=positive_int, metavar="W", help="cbs: beams kept per prompt (default 4)"
+def _add_method_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--method`` and every method's options, from the method table (``w2s_generate.methods``)."""
+    from .. import methods
+    from . import values
+
+    group.add_argument(
+        "--method",
+        required=True,
+        choices=list(methods.METHODS),
+        help="decoding method: " + ", ".join(f"{m.name} ({m.summary})" for m in methods.METHODS.values()),
     )
-    method.add_argument(
-        "--successors",
-        type=positive_int,
-        metavar="K",
-        help="cbs: chunks sampled per beam and round (default 4)",
-    )
-    method.add_argument(
-        "--chunk-length", type=positive_int, metavar="L", help="cbs: tokens per chunk (default 5)"
-    )
-    method.add_argument(
-        "--selection",
-        choices=("top", "diverse", "stochastic"),
-        help="cbs: which candidates survive a round: the W best (top, default), at most --max-per-parent "
-        "per beam (diverse), or drawn by softmax(score / --selection-temperature) (stochastic)",
-    )
-    method.add_argument(
-        "--max-per-parent", type=positive_int, metavar="M", help="cbs --selection diverse: default 1"
-    )
-    method.add_argument(
-        "--selection-temperature",
-        type=positive_float,
-        metavar="T",
-        help="cbs --selection stochastic: default 1.0 (seeded by --seed)",
-    )
-    method.add_argument(
-        "--successors-schedule",
-        type=schedule,
-        metavar="K0,K1,...",
-        help="cbs: successors per beam by round, the last repeating (instead of --successors)",
-    )
-    method.add_argument(
-        "--settle-margin",
-        type=non_negative_float,
-        metavar="D",
-        help="cbs: stop sampling for a prompt once a finished response leads every live beam by D",
-    )
-    method.add_argument(
-        "--chunk-stop",
-        action="append",
-        type=stop_string,
-        metavar="TEXT",
-        help=r"cbs: also end a chunk at the token that completes TEXT (repeatable; \n and \t understood)",
-    )
-    method.add_argument(
-        "--draft-tokens",
-        type=positive_int,
-        metavar="G",
-        help="cbs, token: the weak pair drafts G tokens, the large model verifies them in one forward "
-        "(the same distribution, fewer large-model forwards; local models only)",
-    )
-    method.add_argument("--n", type=positive_int, metavar="N", help="bon: number of samples (default 16)")
-    method.add_argument(
-        "--beta", type=finite_float, metavar="B", help="token: guidance strength (default 1.0)"
-    )
+    owners = methods.option_owners()
+    added = set()
+    for spec in methods.METHODS.values():
+        for option in spec.options:
+            if option.name in added:
+                continue
+            added.add(option.name)
+            group.add_argument(
+                option.flag,
+                type=None if option.cli_type is None else getattr(values, option.cli_type),
+                choices=option.choices,
+                metavar=option.metavar,
+                action="append" if option.repeatable else "store",
+                help=f"{', '.join(owners[option.name])}: {option.help}",
+            )
 
 
 # --------------------------------------------------------------------------- checks between options
@@ -258,17 +204,17 @@ def _add_method_arguments(method: argparse._ArgumentGroup) -> None:
 def check_generate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse option combinations that do not make sense (argparse exits with code 2)."""
     _check_pair_args(parser, args)
-    for method, options in METHOD_OPTIONS.items():
-        if method == args.method:
-            continue
-        for option in options:
-            if option not in METHOD_OPTIONS[args.method] and getattr(args, option) is not None:
-                flag = "--" + option.replace("_", "-")
-                owners = " or ".join(f"--method {m}" for m, o in METHOD_OPTIONS.items() if option in o)
-                parser.error(f"{flag} applies to {owners} only, not --method {args.method}: drop it.")
+    from ..methods import method_defaults, option_owners
+
+    defaults = method_defaults(args.method)
+    for option, methods in option_owners().items():
+        if option not in defaults and getattr(args, option) is not None:
+            flag = "--" + option.replace("_", "-")
+            owners = " or ".join(f"--method {m}" for m in methods)
+            parser.error(f"{flag} applies to {owners} only, not --method {args.method}: drop it.")
     if args.method == "cbs" and args.successors is not None and args.successors_schedule is not None:
         parser.error("--successors and --successors-schedule both set K: give one.")
-    for option, default in METHOD_OPTIONS[args.method].items():
+    for option, default in defaults.items():
         if getattr(args, option) is None:
             setattr(args, option, default)
     if args.method == "cbs":
