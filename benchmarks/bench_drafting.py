@@ -310,7 +310,7 @@ def timing(args, m: Models) -> None:
 def drafting_sources():
     """The candidate sources the drafted searches inside the block create (for their ``drafted`` and
     ``accepted`` counters, which the search's output does not carry)."""
-    from w2s_generate.candidates import DraftedModelSource
+    from w2s_generate.drafted_source import DraftedModelSource
 
     made = []
     init = DraftedModelSource.__init__

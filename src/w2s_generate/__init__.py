@@ -13,16 +13,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the names below load on first use, so `w2s-generate --help` starts without torch
     from . import scoring
     from .align import align_adapter, preference_pairs
-    from .candidates import (
-        CandidateSource,
-        DraftedModelSource,
-        IdScorer,
-        LocalModelSource,
-        TextSamplerSource,
-        TextScorer,
-    )
+    from .candidates import CandidateSource, LocalModelSource
     from .combined import GuidanceEnsemble, PromptPair
     from .debates import Debate, debate, debate_pair
+    from .drafted_source import DraftedModelSource
     from .drafting import DraftedOutput, residual_distribution, speculative_choice
     from .explanations import explain, explanation_pair
     from .generate import TokenGuidance, W2SGenerationMixin, disable, enable
@@ -43,20 +37,23 @@ if TYPE_CHECKING:  # the names below load on first use, so `w2s-generate --help`
     )
     from .processor import WeakToStrongLogitsProcessor
     from .samplers import Chunk, ChunkSampler, CompletionsSampler, RemoteSamplerError
+    from .scorers import IdScorer, Scorer, TextScorer
     from .scoring import GuidanceState, Side
     from .search import BestOfN, ChunkBeamSearch, RoundTrace
     from .strategy import SearchOutput, Strategy, TextSearchOutput
+    from .text_source import TextSamplerSource
 
 #: public name -> the module that defines it
 _HOMES = {
     "align_adapter": "align",
     "preference_pairs": "align",
     "CandidateSource": "candidates",
-    "DraftedModelSource": "candidates",
-    "IdScorer": "candidates",
+    "DraftedModelSource": "drafted_source",
+    "IdScorer": "scorers",
+    "Scorer": "scorers",
     "LocalModelSource": "candidates",
-    "TextSamplerSource": "candidates",
-    "TextScorer": "candidates",
+    "TextSamplerSource": "text_source",
+    "TextScorer": "scorers",
     "DraftedOutput": "drafting",
     "residual_distribution": "drafting",
     "speculative_choice": "drafting",
@@ -166,6 +163,7 @@ __all__ = [
     "CandidateSource",
     "DraftedModelSource",
     "IdScorer",
+    "Scorer",
     "LocalModelSource",
     "TextSamplerSource",
     "TextScorer",

@@ -1,34 +1,27 @@
-"""Where a search's candidates come from and how the pair scores them.
+"""Where a search's candidates come from: the interface, and the local large model's source.
 
 A *candidate source* samples one chunk for every live row and re-indexes its rows between rounds:
-[`LocalModelSource`][w2s_generate.LocalModelSource] samples from a local large model with
-its KV cache; [`TextSamplerSource`][w2s_generate.TextSamplerSource] asks a text sampler
-(e.g. a completions server). A *scorer* keeps the pair's incremental state in step with the rows:
-[`IdScorer`][w2s_generate.IdScorer] feeds the chunks' ids straight to the pair (shared
-vocabulary), [`TextScorer`][w2s_generate.TextScorer] feeds the responses' text re-encoded
-with the pair's tokenizer. The search loop (``search.py``) sees only these two interfaces.
+[`LocalModelSource`][w2s_generate.LocalModelSource] (here) samples from a local large model with
+its KV cache; [`DraftedModelSource`][w2s_generate.DraftedModelSource] (``drafted_source.py``)
+samples the same chunks with the pair drafting; [`TextSamplerSource`][w2s_generate.TextSamplerSource]
+(``text_source.py``) asks a text sampler (e.g. a completions server). The pair's scores come from a
+*scorer* (``scorers.py``). The search loop (``search.py``) sees only these two interfaces.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StopStringCriteria
 
 from ._compat import accepts_position_ids, forward_with_cache, new_cache, select_cache_rows
-from .bridge import advance_texts
-from .drafting import commit_round, fit_rows, round_masks, speculative_choice, stack_round
-from .pairs import WeakPair
 from .policies import ChunkBoundary, SearchCost, token_stop
 from .row_processors import processors_for_rows
-from .samplers import Chunk, ChunkSampler
-from .scoring import GuidanceState
 
 
 @dataclass
@@ -306,7 +299,7 @@ class LocalModelSource(CandidateSource):
         # Prefill each prompt once.
         self.cache = new_cache(model)
         self.mask = prompt_mask.long()
-        self._count_forward()
+        self.cost.count_forward(self._present)
         self.logits = self._forward(prompt_ids)
         self.seqs = prompt_ids
         self.response_lengths = [0] * self.batch  # host copy, refreshed once a round
@@ -322,12 +315,6 @@ class LocalModelSource(CandidateSource):
         ).logits[:, -1]
         return mask_rows_past(logits.float(), self.pair_rows)
 
-    def _count_forward(self) -> None:
-        """One large-model forward for every prompt that has a row in it."""
-        counter = self.cost.large_forwards
-        for prompt in self._present:
-            counter[prompt] += 1
-
     def expand(self, parents: Sequence[int], repeats: Sequence[int]) -> None:
         live = torch.as_tensor(list(parents), dtype=torch.long, device=self.device)
         owners = [self.owners[p] for p in parents]
@@ -340,7 +327,7 @@ class LocalModelSource(CandidateSource):
             self.seqs, self.mask, self.logits = self.seqs[live], self.mask[live], self.logits[live]
             self.owners = owners
             self._present = sorted(set(owners))
-            self._count_forward()
+            self.cost.count_forward(self._present)
             fresh = self._forward(self.seqs[:, -1:])
             if self.boundary.is_fixed:
                 self.logits = fresh
@@ -439,7 +426,7 @@ class LocalModelSource(CandidateSource):
             # Like generate: no more draws (nor forwards) once every row has ended its chunk.
             if not any_active:
                 break
-            self._count_forward()
+            self.cost.count_forward(self._present)
             fresh = self._forward(tokens[:, None])
             # A row whose chunk ended at this token keeps these logits for the next round.
             logits = torch.where(was_active[:, None], fresh, logits) if holes else fresh
@@ -458,351 +445,3 @@ class LocalModelSource(CandidateSource):
             return [r[:n] for r, n in zip(ids, self.response_lengths)]
         mask = self.mask[:, self.prompt_len :].tolist()
         return [[t for t, m in zip(r, k) if m] for r, k in zip(ids, mask)]
-
-
-class TextSamplerSource(CandidateSource):
-    """Chunks asked of a text sampler (a large model reached only as text, e.g. a completions server).
-
-    Each round asks the sampler for ``repeats[i]`` continuations of parent ``i``'s text (``prompt +
-    response so far``), one request batch per distinct count. A chunk boundary with stop strings cuts
-    each chunk after its first stop string (the tokens after it were spent all the same).
-
-    Examples:
-        >>> class Fixed:
-        ...     def sample(self, prefixes, n, max_tokens):
-        ...         return [[Chunk(" so good. Then", False)] * n for _ in prefixes]
-        >>> boundary = ChunkBoundary(4, stop_strings=[". "])
-        >>> source = TextSamplerSource(Fixed(), ["the film was"], boundary, 8, SearchCost.zeros(1))
-        >>> source.expand([0], [1])
-        >>> chunks = source.sample()
-        >>> source.responses(), source.cost.large_tokens   # cut after the stop string; 4 tokens spent
-        ([' so good. '], [4])
-    """
-
-    def __init__(
-        self,
-        sampler: ChunkSampler,
-        prompts: list[str],
-        boundary: ChunkBoundary,
-        max_new: int,
-        cost: SearchCost,
-    ) -> None:
-        if boundary.stop_token_ids:
-            raise ValueError(
-                "ChunkBoundary(stop_token_ids=...) needs the large model's token ids, which a text sampler does "
-                "not return: use stop_strings instead."
-            )
-        self.sampler = sampler
-        self.prompts = prompts
-        self.boundary = boundary
-        self.max_new = max_new
-        self.chunk = boundary.max_tokens or max_new
-        self.cost = cost
-        self.owners = list(range(len(prompts)))
-        self.texts = [""] * len(prompts)
-        self.response_lengths = [0] * len(prompts)  # tokens asked for so far: the budget spent
-        self._requests: list[tuple[int, int]] = []  # (parent text index, count), set by expand
-
-    def expand(self, parents: Sequence[int], repeats: Sequence[int]) -> None:
-        self._requests = list(zip(parents, repeats))
-        self.owners = [self.owners[p] for p, r in self._requests for _ in range(r)]
-        self.texts = [self.texts[p] for p, r in self._requests for _ in range(r)]
-        self.response_lengths = [self.response_lengths[p] for p, r in self._requests for _ in range(r)]
-
-    def sample(self) -> SampledChunks:
-        steps = min(self.chunk, max(self.max_new - n for n in self.response_lengths))
-        chunks: list[Chunk | None] = [None] * len(self.owners)
-        # One sampler call per distinct count; rows are parent-major, each parent's copies in a run.
-        starts = list(accumulate((count for _, count in self._requests), initial=0))
-        for count in sorted({c for _, c in self._requests}):
-            group = [i for i, (_, c) in enumerate(self._requests) if c == count]
-            prefixes = [self.prompts[self.owners[starts[i]]] + self.texts[starts[i]] for i in group]
-            sampled = _sample(self.sampler, prefixes, count, steps)
-            for g, i in enumerate(group):
-                chunks[starts[i] : starts[i] + count] = sampled[g * count : (g + 1) * count]
-        finished = []
-        for i, chunk in enumerate(chunks):
-            text, cut = self.boundary.cut_text(chunk.text, self.texts[i])
-            self.texts[i] += text
-            self.response_lengths[i] += steps
-            finished.append((chunk.finished and not cut) or self.response_lengths[i] >= self.max_new)
-        self.cost.add("large_tokens", self.owners, [steps] * len(self.owners))
-        present = sorted(set(self.owners))
-        self.cost.add("large_forwards", present, [steps] * len(present))
-        return SampledChunks(None, None, finished)
-
-    def responses(self) -> list[str]:
-        return list(self.texts)
-
-
-def _sample(sampler: ChunkSampler, prefixes: list[str], n: int, max_tokens: int) -> list[Chunk]:
-    """``n`` chunks per prefix, flattened prefix-major; a sampler that returns another count is refused."""
-    sampled = sampler.sample(prefixes, n, max_tokens)
-    counts = [len(per_prefix) for per_prefix in sampled]
-    if len(sampled) != len(prefixes) or any(c != n for c in counts):
-        raise ValueError(
-            f"{type(sampler).__name__}.sample was asked for {n} continuations of each of {len(prefixes)} "
-            f"prefixes and returned {counts}: a ChunkSampler returns exactly n Chunks per prefix."
-        )
-    chunks = [c for per_prefix in sampled for c in per_prefix]
-    if not all(isinstance(c, Chunk) for c in chunks):
-        bad = next(type(c).__name__ for c in chunks if not isinstance(c, Chunk))
-        raise TypeError(
-            f"{type(sampler).__name__}.sample returned a {bad}; it must return w2s_generate.Chunk objects."
-        )
-    for chunk in chunks:
-        if not isinstance(chunk.text, str):
-            raise TypeError(
-                f"{type(sampler).__name__}.sample returned a Chunk whose text is {chunk.text!r:.40}: a Chunk's text is "
-                "a str (the continuation; '' for none)."
-            )
-        if not isinstance(chunk.finished, bool):
-            raise TypeError(
-                f"{type(sampler).__name__}.sample returned a Chunk whose finished is {chunk.finished!r:.40}: it is a "
-                "bool (whether the response ended)."
-            )
-    return chunks
-
-
-class IdScorer:
-    """The pair reads the large model's chunk ids directly (a shared vocabulary).
-
-    Examples:
-        >>> from w2s_generate.candidates import SampledChunks
-        >>> scorer = IdScorer(pair.start(["the film was"]), SearchCost.zeros(1))
-        >>> scorer.select([0, 0])   # two rows of prompt 0
-        >>> chunks = SampledChunks(torch.tensor([[218, 257], [218, 0]]), torch.tensor([2, 1]), [False, False])
-        >>> scorer.advance(chunks, None, [0, 0])
-        >>> scorer.cost.weak_tokens, scorer.state.scores.shape
-        ([3], torch.Size([2]))
-    """
-
-    def __init__(self, state: GuidanceState, cost: SearchCost) -> None:
-        self.state = state
-        self.cost = cost
-
-    def select(self, index: Sequence[int]) -> None:
-        self.state.select(torch.as_tensor(list(index), dtype=torch.long, device=self.state.scores.device))
-
-    def advance(self, chunks: SampledChunks, responses: list, owners: list[int]) -> None:
-        if chunks.scored:
-            return  # the drafting source has stepped the state (and counted its tokens) already
-        self.state.extend(chunks.ids, chunks.lengths)
-        self.cost.add("weak_tokens", owners, chunks.lengths.tolist())
-
-
-class TextScorer:
-    """The pair reads each response's text, re-encoded with its own tokenizer (only changed tails are fed).
-
-    Args:
-        state: the pair's state, one row per candidate.
-        pair: the weak pair.
-        to_texts: ``(responses, owners) -> texts``: identity for a text source, decoding after the
-            prompt for a local model with another tokenizer.
-        cost: where the weak tokens fed are counted.
-
-    Examples:
-        >>> scorer = TextScorer(pair.start(["the film was"]), pair, lambda texts, owners: texts, SearchCost.zeros(1))
-        >>> scorer.advance(None, [" so good"], [0])
-        >>> torch.allclose(scorer.state.scores, pair.score(["the film was"], [" so good"]), atol=1e-5)
-        True
-    """
-
-    def __init__(
-        self,
-        state: GuidanceState,
-        pair: WeakPair,
-        to_texts: Callable[[list, list[int]], list[str]],
-        cost: SearchCost,
-    ) -> None:
-        self.state = state
-        self.pair = pair
-        self.to_texts = to_texts
-        self.cost = cost
-        self.weak_rows: list[list[int]] = [[] for _ in range(state.scores.shape[0])]
-
-    def select(self, index: Sequence[int]) -> None:
-        index = list(index)
-        self.state.select(torch.as_tensor(index, dtype=torch.long, device=self.state.scores.device))
-        self.weak_rows = [list(self.weak_rows[i]) for i in index]
-
-    def advance(self, chunks: SampledChunks, responses: list, owners: list[int]) -> None:
-        fed = advance_texts(self.pair, self.state, self.weak_rows, self.to_texts(responses, owners))
-        self.cost.add("weak_tokens", owners, fed)
-
-
-class DraftedModelSource(CandidateSource):
-    """Chunks of exact large-model samples, drafted by the weak pair and verified by the large model.
-
-    Each drafting round, every row drafts ``gamma`` tokens from one side of the pair (its next-token
-    distribution, warped like the large model's), and ONE large-model forward over the row's last
-    committed token and the drafts gives the large model's distribution at all ``gamma + 1`` positions.
-    Speculative sampling ([`speculative_choice`][w2s_generate.speculative_choice]) keeps each
-    draft with probability ``min(1, p / q)`` and samples the token after the kept ones from the
-    residual (or from ``p`` when all are kept): every committed token is an exact sample of the large
-    model, as in the undrafted search. Rows commit different numbers of tokens per round (masks and
-    positions per row) and stop at the chunk length, EOS or the token budget; a round drafts at most
-    ``min(gamma, room - 1)`` tokens for the roomiest row, and rows with less room take part masked past
-    it, so no row's cache or positions grow past its end. A large model whose output table has
-    padding rows past the pair's gets drafts over the pair's rows only (the padding rows' proposal
-    is 0), and with ``pair_rows`` its own distribution is masked there too, so no padding id is
-    committed.
-
-    The pair's state is shared with the search's scorer: drafting steps it through the drafts, and the
-    rejected ones are retracted, so the pair has scored every kept token by the end of the chunk
-    without a second pass.
-
-    Examples:
-        >>> from transformers import LogitsProcessorList
-        >>> one = tok(["the film was"], return_tensors="pt")
-        >>> state = pair.start(one["input_ids"].tolist())
-        >>> source = DraftedModelSource(model, one["input_ids"], one["attention_mask"], LogitsProcessorList(),
-        ...                             [], 0, 4, 8, state, 0, 2, SearchCost.zeros(1))
-        >>> source.expand([0], [1])
-        >>> chunks = source.sample()   # 4 exact samples of the large model, the pair drafting 2 at a time
-        >>> chunks.lengths.tolist(), len(source.responses()[0]), source.cost.large_tokens
-        ([4], 4, [4])
-    """
-
-    def __init__(
-        self,
-        model,
-        prompt_ids: torch.Tensor,
-        prompt_mask: torch.Tensor,
-        warpers: LogitsProcessorList,
-        eos_ids: list[int],
-        pad: int,
-        chunk: int,
-        max_new: int,
-        state: GuidanceState,
-        proposal_side: int,
-        draft_tokens: int,
-        cost: SearchCost,
-        vocab_rows: int | None = None,
-        pair_rows: int | None = None,
-    ) -> None:
-        self.model = model
-        self.vocab_rows = vocab_rows  # rows of the large model's output table (None: the pair's)
-        self.pair_rows = pair_rows  # rows of the pair's table: the large model's past them are masked
-        self.warpers = warpers
-        self.pad = pad
-        self.chunk = chunk
-        self.max_new = max_new
-        self.state = state
-        self.proposal_side = proposal_side
-        self.gamma = draft_tokens
-        self.cost = cost
-        self.device = prompt_ids.device
-        self.batch, width = prompt_ids.shape
-        self.eos = torch.tensor(eos_ids or [-1], device=self.device)
-        self.uses_position_ids = accepts_position_ids(model)
-        self.owners = list(range(self.batch))
-        self._present = self.owners
-        mask = prompt_mask.long()
-        # The cache holds every committed token but the last, which the next forward feeds first.
-        self.cache = new_cache(model)
-        if width > 1:
-            self._count_forward()
-            positions = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0) if self.uses_position_ids else None
-            forward_with_cache(
-                model, prompt_ids[:, :-1], mask[:, :-1], self.cache, position_ids=positions, logits_to_keep=1
-            )
-        self.cache_mask = mask[:, :-1]
-        self.last = prompt_ids[:, -1]
-        # Room for one drafting round past the budget, so every round writes at distinct columns.
-        self.out = torch.full(
-            (self.batch, max_new + min(draft_tokens, max_new) + 1), pad, dtype=torch.long, device=self.device
-        )
-        self.written = torch.zeros(self.batch, dtype=torch.long, device=self.device)
-        self.drafted = torch.zeros((), dtype=torch.long, device=self.device)  # drafts proposed, all rounds
-        self.accepted = torch.zeros((), dtype=torch.long, device=self.device)  # drafts committed
-
-    _count_forward = LocalModelSource._count_forward
-
-    def expand(self, parents: Sequence[int], repeats: Sequence[int]) -> None:
-        index = torch.as_tensor(list(parents), dtype=torch.long, device=self.device).repeat_interleave(
-            torch.as_tensor(list(repeats), dtype=torch.long, device=self.device)
-        )
-        select_cache_rows(self.cache, index)
-        self.cache_mask, self.last = self.cache_mask[index], self.last[index]
-        self.out, self.written = self.out[index], self.written[index]
-        owners = [self.owners[p] for p in parents]
-        self.owners = [o for o, r in zip(owners, repeats) for _ in range(r)]
-        self._present = sorted(set(owners))
-
-    def _forward(self, fed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``[R, G+1] -> [R, G+1, V]`` the large model's logits at every fed position."""
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -fed.shape[1] :] if self.uses_position_ids else None
-        logits = forward_with_cache(self.model, fed, mask, self.cache, position_ids=positions).logits
-        return mask_rows_past(logits.float(), self.pair_rows)
-
-    def sample(self) -> SampledChunks:
-        rows = self.last.shape[0]
-        room = (self.max_new - self.written).clamp(min=0, max=self.chunk)  # [R] tokens this chunk may take
-        taken = torch.zeros(rows, dtype=torch.long, device=self.device)
-        ended = torch.zeros(rows, dtype=torch.bool, device=self.device)
-        weak_fed = torch.zeros(rows, dtype=torch.long, device=self.device)
-        while True:
-            room_now = torch.where(ended, torch.zeros_like(taken), room - taken)  # [R] 0 once done
-            most_room = int(room_now.max())  # the one host sync a drafting round needs
-            if most_room <= 0:
-                break
-            # A round commits at most most_room tokens per row: no drafts past the chunk, the budget
-            # or the context.
-            gamma = min(self.gamma, most_room - 1)
-            position = torch.arange(gamma + 1, device=self.device)
-            fed_mask = round_masks(room_now, gamma)  # [R, G+1]
-            # 1. Draft gamma tokens per row from the proposal side of the pair; drafts past a row's
-            #    room leave the pair's state as it is.
-            proposal, drafts = [], []
-            for j in range(gamma):
-                scores = fit_rows(self.state.next_token_logprobs()[self.proposal_side], self.vocab_rows)
-                q = torch.softmax(self.warpers(self.out, scores), -1)
-                d = torch.multinomial(q, 1).squeeze(1)
-                proposal.append(q)
-                drafts.append(d)
-                self.state.step(d, active=fed_mask[:, j + 1])
-            drafts_t, proposal_t = stack_round(drafts, proposal, rows, self.device)
-            # 2. One large-model forward over each row's last committed token and its drafts, masked
-            #    past each row's room (all of it for rows whose chunk is done).
-            fed = torch.cat([self.last[:, None], drafts_t], dim=1)
-            mask = torch.cat([self.cache_mask, fed_mask.long()], dim=1)
-            self._count_forward()
-            logits = self._forward(fed, mask)
-            target = torch.softmax(
-                torch.stack([self.warpers(self.out, logits[:, j]) for j in range(gamma + 1)], dim=1), -1
-            )
-            # 3. Keep what speculative sampling accepts, then the token after it; EOS and the chunk's
-            #    room cut a row's tokens (a row whose room ends at a fed draft may keep the draft after
-            #    it: the target at the last fed token verified it).
-            kept, next_token = speculative_choice(target, proposal_t, drafts_t, greedy=False)
-            new, count, wrote_eos = commit_round(
-                drafts_t, kept, next_token, self.eos, room_now, self.out, self.written
-            )
-            ended |= wrote_eos
-            taken += count
-            self.drafted += room_now.clamp(max=gamma).sum()
-            # 4. Both sides keep exactly the committed tokens. The large cache keeps the fed last token
-            #    and the committed drafts but the newest (fed first next round); the pair drops the
-            #    drafts it took past the committed ones and appends the newest committed token when it
-            #    did not take it as a draft.
-            keeps_drafts = torch.minimum(kept, count)
-            self.accepted += keeps_drafts.sum()
-            cache_keeps = fed_mask & ((position[None, :] == 0) | (position[None, :] < count[:, None]))
-            self.cache_mask = torch.cat([self.cache_mask, cache_keeps.long()], dim=1)
-            newest = new.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1)
-            self.last = torch.where(count > 0, newest, self.last)
-            stepped = fed_mask[:, 1:].sum(-1)  # drafts each row's pair state took
-            in_state = torch.minimum(keeps_drafts, stepped)
-            appends = (count > in_state).long()
-            self.state.replace_tail(stepped - in_state, newest[:, None], appends)
-            weak_fed += stepped + appends
-        host_taken = taken.tolist()
-        self.cost.add("large_tokens", self.owners, host_taken)
-        self.cost.add("weak_tokens", self.owners, weak_fed.tolist())
-        written = self.written.tolist()
-        finished = [bool(e) or n >= self.max_new for e, n in zip(ended.tolist(), written)]
-        return SampledChunks(None, taken, finished, scored=True)
-
-    def responses(self) -> list[list[int]]:
-        return [row[:n] for row, n in zip(self.out.tolist(), self.written.tolist())]

@@ -66,6 +66,11 @@ class SearchCost:
         for owner, amount in zip(owners, amounts):
             counter[owner] += int(amount)
 
+    def count_forward(self, prompts: Sequence[int]) -> None:
+        """One large-model forward for each of ``prompts`` (those with a row in it)."""
+        for prompt in prompts:
+            self.large_forwards[prompt] += 1
+
     def copy(self) -> SearchCost:
         return SearchCost(list(self.large_tokens), list(self.large_forwards), list(self.weak_tokens))
 

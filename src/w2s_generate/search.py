@@ -21,14 +21,8 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedTokeni
 
 from ._compat import cache_in_forward_kwargs, eos_token_ids, output_rows, pad_token_id, processor_traits
 from .bridge import TextBridge
-from .candidates import (
-    CandidateSource,
-    DraftedModelSource,
-    IdScorer,
-    LocalModelSource,
-    TextSamplerSource,
-    TextScorer,
-)
+from .candidates import CandidateSource, LocalModelSource
+from .drafted_source import DraftedModelSource
 from .drafting import check_draftable
 from .pairs import WeakPair
 from .policies import (
@@ -44,6 +38,7 @@ from .policies import (
 from .processor import check_shared_vocabulary, rows_look_padded
 from .row_processors import check_processors
 from .samplers import ChunkSampler
+from .scorers import IdScorer, Scorer, TextScorer
 from .strategy import (
     SearchOutput,
     Strategy,
@@ -54,6 +49,7 @@ from .strategy import (
     refuse_class,
     refuse_options,
 )
+from .text_source import TextSamplerSource
 
 #: generate options the search's own loop does not apply: option -> why, and what to use instead.
 NOT_APPLIED = {
@@ -449,7 +445,7 @@ class ChunkBeamSearch(Strategy):
     def _search(
         self,
         source: CandidateSource,
-        scorer: IdScorer | TextScorer,
+        scorer: Scorer,
         cost: SearchCost,
         return_trace: bool,
         stream: _Streamer | None,
