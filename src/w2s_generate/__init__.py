@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # the names below load on first use, so `w2s-generate --help`
     from .samplers import Chunk, ChunkSampler, CompletionsSampler, RemoteSamplerError
     from .scorers import IdScorer, Scorer, TextScorer
     from .scoring import GuidanceState, Side
-    from .search import BestOfN, ChunkBeamSearch, RoundTrace
+    from .search import BestOfN, ChunkBeamSearch
+    from .search_loop import RoundTrace
     from .strategy import SearchOutput, Strategy, TextSearchOutput
     from .text_source import TextSamplerSource
 
@@ -93,7 +94,7 @@ _HOMES = {
     "Side": "scoring",
     "BestOfN": "search",
     "ChunkBeamSearch": "search",
-    "RoundTrace": "search",
+    "RoundTrace": "search_loop",
     "SearchOutput": "strategy",
     "Strategy": "strategy",
     "TextSearchOutput": "strategy",
