@@ -290,17 +290,7 @@ class ChunkBeamSearch(Strategy):
                 pair_rows=self.pair.vocab_rows if bridge is None else None,
             )
         stream = _Streamer(streamer) if streamer is not None else None
-        pools, trace = run_rounds(
-            source,
-            scorer,
-            cost,
-            self.beam_width,
-            self.selection,
-            self._successors,
-            self.pair.components,
-            return_trace,
-            stream,
-        )
+        pools, trace = self._rounds(source, scorer, cost, return_trace, stream)
         rows: list[list[int]] = []
         scores: list[float] = []
         for b, hyps in enumerate(best_hypotheses(pools, config.num_return_sequences)):
@@ -392,16 +382,7 @@ class ChunkBeamSearch(Strategy):
             else self.pair._start(weak_prompts, "weak_prompts")
         )
         scorer = TextScorer(state, self.pair, lambda texts, owners: texts, cost)
-        pools, trace = run_rounds(
-            source,
-            scorer,
-            cost,
-            self.beam_width,
-            self.selection,
-            self._successors,
-            self.pair.components,
-            return_trace,
-        )
+        pools, trace = self._rounds(source, scorer, cost, return_trace)
         best = [h for hyps in best_hypotheses(pools, num_return_sequences) for h in hyps]
         scores = torch.tensor([score for score, _ in best])
         return TextSearchOutput(
@@ -440,6 +421,20 @@ class ChunkBeamSearch(Strategy):
             cost,
             vocab_rows=output_rows(model),
             pair_rows=self.pair.vocab_rows,
+        )
+
+    def _rounds(self, source, scorer, cost: SearchCost, return_trace: bool, stream: _Streamer | None = None):
+        """The search loop with this search's width, selection, budget and pair."""
+        return run_rounds(
+            source,
+            scorer,
+            cost,
+            self.beam_width,
+            self.selection,
+            self._successors,
+            self.pair.components,
+            return_trace,
+            stream,
         )
 
     def _successors(self, round_index: int, best_finished: float | None, live: list[float]) -> int:
