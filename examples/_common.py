@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import w2s_generate as w2s
 from w2s_generate.processor import check_shared_vocabulary
@@ -156,15 +155,6 @@ def resolve_device_map(value: str | None) -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-def _load_kwargs(args: argparse.Namespace, device_map: str | dict) -> dict[str, Any]:
-    return {
-        "use_safetensors": None if args.allow_pickle else True,
-        "trust_remote_code": args.trust_remote_code,
-        "dtype": resolve_dtype(args.dtype),
-        "device_map": device_map,
-    }
-
-
 def _pickle_hint(args: argparse.Namespace) -> str:
     return "" if args.allow_pickle else " (only safetensors weights load unless --allow-pickle is given)"
 
@@ -178,11 +168,17 @@ def load_causal_lm(
     max_memory: dict | None = None,
 ):
     """A causal LM in eval mode and its tokenizer (left padding, a pad token). RecipeError if not."""
-    kwargs = _load_kwargs(args, resolve_device_map(device_map or args.device_map))
-    if max_memory is not None:
-        kwargs["max_memory"] = max_memory
+    extra = {} if max_memory is None else {"max_memory": max_memory}
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        model = w2s.load_causal_lm(
+            name,
+            dtype=resolve_dtype(args.dtype),
+            device_map=resolve_device_map(device_map or args.device_map),
+            allow_pickle=args.allow_pickle,
+            trust_remote_code=args.trust_remote_code,
+            role="--strong",
+            **extra,
+        )
     except (OSError, ValueError) as error:
         raise RecipeError(f"could not load {name}{_pickle_hint(args)}: {error}") from error
     tok = load_tokenizer(tokenizer or name, args)
@@ -192,25 +188,24 @@ def load_causal_lm(
             f"the tokenizer of {tokenizer or name} has {len(tok)} tokens for {rows} output rows: the folder "
             "probably holds no tokenizer files; save the tokenizer next to the model."
         )
-    return model.eval(), tok
+    return model, tok
 
 
 def load_tokenizer(name: str, args: argparse.Namespace):
     """A tokenizer set up for left-padded batches (pad token = EOS when it has none)."""
     try:
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=args.trust_remote_code)
+        return w2s.load_tokenizer(name, trust_remote_code=args.trust_remote_code, left_padded=True)
     except (OSError, ValueError) as error:
         raise RecipeError(f"could not load the tokenizer of {name}: {error}") from error
-    tok.padding_side = "left"
-    if tok.pad_token_id is None and tok.eos_token_id is not None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def load_pair(args: argparse.Namespace, *, device_map: str | dict | None = None) -> w2s.WeakPair:
     """The weak pair of ``--adapter`` or ``--tuned``/``--untuned``."""
-    kwargs = _load_kwargs(args, resolve_device_map(device_map or args.device_map))
-    kwargs.pop("use_safetensors")
+    kwargs = {
+        "dtype": resolve_dtype(args.dtype),
+        "device_map": resolve_device_map(device_map or args.device_map),
+        "trust_remote_code": args.trust_remote_code,
+    }
     what = args.adapter or f"{args.tuned} / {args.untuned}"
     try:
         if args.adapter is not None:

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from w2s_generate import samplers
-from w2s_generate.samplers import Chunk, CompletionsSampler, RemoteSamplerError, parse_completions
+from w2s_generate.samplers import CompletionsSampler
+from w2s_generate.server_answers import Chunk, RemoteSamplerError, TransientError, parse_completions
 
 # --------------------------------------------------------------------------- the fault server
 
@@ -404,7 +404,7 @@ def test_bad_sample_arguments_are_refused_before_any_request(args, message):
 def _ok_or_clear(raw: bytes, n: int) -> None:
     try:
         chunks = parse_completions(raw, n)
-    except samplers._Transient as error:
+    except TransientError as error:
         assert str(error)
     except RemoteSamplerError as error:
         assert str(error)

@@ -52,3 +52,11 @@ def test_wheel_builds_passes_twine_check_installs_and_runs(tmp_path):
     )
     assert str(env_dir) in version  # the installed copy, not this checkout
     assert "usage: w2s-generate" in run(bin_dir / "w2s-generate", "--help")
+
+
+def test_every_public_name_has_one_home():
+    """``__all__`` (what ruff and star-imports read) and the lazy-import table name the same names."""
+    import w2s_generate as w2s
+
+    assert sorted(w2s.__all__) == sorted([*w2s._HOMES, "scoring"])
+    assert len(set(w2s.__all__)) == len(w2s.__all__)

@@ -14,7 +14,8 @@ import threading
 import pytest
 
 from w2s_generate import samplers
-from w2s_generate.samplers import Chunk, CompletionsSampler, RemoteSamplerError
+from w2s_generate.samplers import CompletionsSampler
+from w2s_generate.server_answers import Chunk, RemoteSamplerError, TransientError
 
 VLLM_FIELDS = [
     "model",
@@ -199,7 +200,7 @@ def test_a_server_not_up_yet_is_asked_again(engine, monkeypatch):
 
     def flaky(url):
         if down["on"]:
-            raise samplers._Transient("Connection refused")
+            raise TransientError("Connection refused")
         return get_json(url)
 
     monkeypatch.setattr(sampler, "_get_json", flaky)
@@ -227,7 +228,7 @@ def test_the_backoff_is_capped(monkeypatch):
     sleeps = []
     monkeypatch.setattr(samplers.time, "sleep", sleeps.append)
     monkeypatch.setattr(
-        samplers.CompletionsSampler, "_once", lambda *args: (_ for _ in ()).throw(samplers._Transient("down"))
+        samplers.CompletionsSampler, "_once", lambda *args: (_ for _ in ()).throw(TransientError("down"))
     )
     sampler = CompletionsSampler("http://127.0.0.1:9/v1", "m", retries=2000, backoff=1.0, timeout=1)
     monkeypatch.setattr(sampler, "_get_json", lambda url: None)

@@ -13,20 +13,22 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the names below load on first use, so `w2s-generate --help` starts without torch
     from . import scoring
     from .align import align_adapter, preference_pairs
+    from .boundaries import ChunkBoundary
     from .candidates import CandidateSource, LocalModelSource
     from .combined import GuidanceEnsemble, PromptPair
     from .debates import Debate, debate, debate_pair
+    from .drafted_guidance import DraftedOutput
     from .drafted_source import DraftedModelSource
-    from .drafting import DraftedOutput, residual_distribution, speculative_choice
+    from .drafting import residual_distribution, speculative_choice
     from .explanations import explain, explanation_pair
     from .generate import TokenGuidance, W2SGenerationMixin, disable, enable
     from .gguf_models import RealModel, convert_gguf, real_model_folder, real_tokenizer
+    from .loading import load_causal_lm, load_tokenizer
     from .pairs import WeakPair
     from .policies import (
         AdaptiveBudget,
         BudgetPolicy,
         Candidate,
-        ChunkBoundary,
         ConstantBudget,
         DiverseSelection,
         ScheduledBudget,
@@ -36,11 +38,12 @@ if TYPE_CHECKING:  # the names below load on first use, so `w2s-generate --help`
         TopDistinct,
     )
     from .processor import WeakToStrongLogitsProcessor
-    from .samplers import Chunk, ChunkSampler, CompletionsSampler, RemoteSamplerError
+    from .samplers import ChunkSampler, CompletionsSampler
     from .scorers import IdScorer, Scorer, TextScorer
     from .scoring import GuidanceState, Side
     from .search import BestOfN, ChunkBeamSearch
     from .search_loop import RoundTrace
+    from .server_answers import Chunk, RemoteSamplerError
     from .strategy import SearchOutput, Strategy, TextSearchOutput
     from .text_source import TextSamplerSource
 
@@ -55,7 +58,7 @@ _HOMES = {
     "LocalModelSource": "candidates",
     "TextSamplerSource": "text_source",
     "TextScorer": "scorers",
-    "DraftedOutput": "drafting",
+    "DraftedOutput": "drafted_guidance",
     "residual_distribution": "drafting",
     "speculative_choice": "drafting",
     "GuidanceEnsemble": "combined",
@@ -73,12 +76,14 @@ _HOMES = {
     "convert_gguf": "gguf_models",
     "real_model_folder": "gguf_models",
     "real_tokenizer": "gguf_models",
+    "load_causal_lm": "loading",
+    "load_tokenizer": "loading",
     "WeakPair": "pairs",
     "WeakToStrongLogitsProcessor": "processor",
     "AdaptiveBudget": "policies",
     "BudgetPolicy": "policies",
     "Candidate": "policies",
-    "ChunkBoundary": "policies",
+    "ChunkBoundary": "boundaries",
     "ConstantBudget": "policies",
     "DiverseSelection": "policies",
     "ScheduledBudget": "policies",
@@ -86,10 +91,10 @@ _HOMES = {
     "SelectionPolicy": "policies",
     "StochasticSelection": "policies",
     "TopDistinct": "policies",
-    "Chunk": "samplers",
+    "Chunk": "server_answers",
     "ChunkSampler": "samplers",
     "CompletionsSampler": "samplers",
-    "RemoteSamplerError": "samplers",
+    "RemoteSamplerError": "server_answers",
     "GuidanceState": "scoring",
     "Side": "scoring",
     "BestOfN": "search",
@@ -150,6 +155,8 @@ __all__ = [
     "Strategy",
     "TokenGuidance",
     "W2SGenerationMixin",
+    "load_causal_lm",
+    "load_tokenizer",
     "WeakPair",
     "WeakToStrongLogitsProcessor",
     "Debate",

@@ -20,7 +20,8 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StopStringCriteria
 
 from ._compat import accepts_position_ids, forward_with_cache, new_cache, select_cache_rows
-from .policies import ChunkBoundary, SearchCost, token_stop
+from .boundaries import ChunkBoundary, token_stop
+from .policies import SearchCost
 from .row_processors import processors_for_rows
 
 

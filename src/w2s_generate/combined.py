@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .pairs import Prompt, WeakPair, check_causal_lm, load_adapters, load_kwargs
+from .loading import load_adapters, load_kwargs
+from .pairs import Prompt, WeakPair, check_causal_lm
 from .prompt_format import read_prompt_format
 from .scoring import Side
 

@@ -7,11 +7,24 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessorList
 
-from ._compat import accepts_position_ids, forward_with_cache, new_cache, select_cache_rows
 from .candidates import CandidateSource, SampledChunks, mask_rows_past
-from .drafting import commit_round, fit_rows, round_masks, speculative_choice, stack_round
+from .drafting import DraftingEngine, PairProposer, fit_rows
 from .policies import SearchCost
 from .scoring import GuidanceState
+
+
+class SideProposer(PairProposer):
+    """Drafts from one side of the pair; the target is the large model's own (warped) distribution."""
+
+    def __init__(self, state, warpers, vocab_rows, side: int) -> None:
+        super().__init__(state, warpers, vocab_rows)
+        self.side = side
+
+    def draft_scores(self) -> torch.Tensor:
+        return fit_rows(self.state.next_token_logprobs()[self.side], self.vocab_rows)
+
+    def target_scores(self, logits: torch.Tensor, position: int) -> torch.Tensor:
+        return logits
 
 
 class DraftedModelSource(CandidateSource):
@@ -64,62 +77,52 @@ class DraftedModelSource(CandidateSource):
         vocab_rows: int | None = None,
         pair_rows: int | None = None,
     ) -> None:
-        self.model = model
-        self.vocab_rows = vocab_rows  # rows of the large model's output table (None: the pair's)
-        self.pair_rows = pair_rows  # rows of the pair's table: the large model's past them are masked
-        self.warpers = warpers
-        self.pad = pad
         self.chunk = chunk
         self.max_new = max_new
         self.state = state
-        self.proposal_side = proposal_side
-        self.gamma = draft_tokens
         self.cost = cost
         self.device = prompt_ids.device
-        self.batch, width = prompt_ids.shape
-        self.eos = torch.tensor(eos_ids or [-1], device=self.device)
-        self.uses_position_ids = accepts_position_ids(model)
-        self.owners = list(range(self.batch))
+        self.owners = list(range(prompt_ids.shape[0]))
         self._present = self.owners
-        mask = prompt_mask.long()
-        # The cache holds every committed token but the last, which the next forward feeds first.
-        self.cache = new_cache(model)
-        if width > 1:
-            self.cost.count_forward(self._present)
-            positions = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0) if self.uses_position_ids else None
-            forward_with_cache(
-                model, prompt_ids[:, :-1], mask[:, :-1], self.cache, position_ids=positions, logits_to_keep=1
-            )
-        self.cache_mask = mask[:, :-1]
-        self.last = prompt_ids[:, -1]
-        # Room for one drafting round past the budget, so every round writes at distinct columns.
-        self.out = torch.full(
-            (self.batch, max_new + min(draft_tokens, max_new) + 1), pad, dtype=torch.long, device=self.device
+        proposer = SideProposer(state, warpers, vocab_rows, proposal_side)
+        # pair_rows: the large model's rows past the pair's table are masked (never committed).
+        self.engine = DraftingEngine(
+            model,
+            prompt_ids,
+            prompt_mask,
+            proposer,
+            eos_ids,
+            pad,
+            max_new,
+            draft_tokens,
+            logits_hook=lambda logits: mask_rows_past(logits, pair_rows),
         )
-        self.written = torch.zeros(self.batch, dtype=torch.long, device=self.device)
-        self.drafted = torch.zeros((), dtype=torch.long, device=self.device)  # drafts proposed, all rounds
-        self.accepted = torch.zeros((), dtype=torch.long, device=self.device)  # drafts committed
+        if self.engine.prefilled:
+            self.cost.count_forward(self._present)
+
+    @property
+    def drafted(self) -> torch.Tensor:
+        """Drafts proposed, all rounds."""
+        return self.engine.drafted
+
+    @property
+    def accepted(self) -> torch.Tensor:
+        """Drafts committed, all rounds."""
+        return self.engine.accepted
 
     def expand(self, parents: Sequence[int], repeats: Sequence[int]) -> None:
         index = torch.as_tensor(list(parents), dtype=torch.long, device=self.device).repeat_interleave(
             torch.as_tensor(list(repeats), dtype=torch.long, device=self.device)
         )
-        select_cache_rows(self.cache, index)
-        self.cache_mask, self.last = self.cache_mask[index], self.last[index]
-        self.out, self.written = self.out[index], self.written[index]
+        self.engine.select_rows(index)
         owners = [self.owners[p] for p in parents]
         self.owners = [o for o, r in zip(owners, repeats) for _ in range(r)]
         self._present = sorted(set(owners))
 
-    def _forward(self, fed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``[R, G+1] -> [R, G+1, V]`` the large model's logits at every fed position."""
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -fed.shape[1] :] if self.uses_position_ids else None
-        logits = forward_with_cache(self.model, fed, mask, self.cache, position_ids=positions).logits
-        return mask_rows_past(logits.float(), self.pair_rows)
-
     def sample(self) -> SampledChunks:
-        rows = self.last.shape[0]
-        room = (self.max_new - self.written).clamp(min=0, max=self.chunk)  # [R] tokens this chunk may take
+        engine = self.engine
+        rows = engine.last.shape[0]
+        room = (self.max_new - engine.written).clamp(min=0, max=self.chunk)  # [R] tokens this chunk may take
         taken = torch.zeros(rows, dtype=torch.long, device=self.device)
         ended = torch.zeros(rows, dtype=torch.bool, device=self.device)
         weak_fed = torch.zeros(rows, dtype=torch.long, device=self.device)
@@ -128,62 +131,17 @@ class DraftedModelSource(CandidateSource):
             most_room = int(room_now.max())  # the one host sync a drafting round needs
             if most_room <= 0:
                 break
-            # A round commits at most most_room tokens per row: no drafts past the chunk, the budget
-            # or the context.
-            gamma = min(self.gamma, most_room - 1)
-            position = torch.arange(gamma + 1, device=self.device)
-            fed_mask = round_masks(room_now, gamma)  # [R, G+1]
-            # 1. Draft gamma tokens per row from the proposal side of the pair; drafts past a row's
-            #    room leave the pair's state as it is.
-            proposal, drafts = [], []
-            for j in range(gamma):
-                scores = fit_rows(self.state.next_token_logprobs()[self.proposal_side], self.vocab_rows)
-                q = torch.softmax(self.warpers(self.out, scores), -1)
-                d = torch.multinomial(q, 1).squeeze(1)
-                proposal.append(q)
-                drafts.append(d)
-                self.state.step(d, active=fed_mask[:, j + 1])
-            drafts_t, proposal_t = stack_round(drafts, proposal, rows, self.device)
-            # 2. One large-model forward over each row's last committed token and its drafts, masked
-            #    past each row's room (all of it for rows whose chunk is done).
-            fed = torch.cat([self.last[:, None], drafts_t], dim=1)
-            mask = torch.cat([self.cache_mask, fed_mask.long()], dim=1)
             self.cost.count_forward(self._present)
-            logits = self._forward(fed, mask)
-            target = torch.softmax(
-                torch.stack([self.warpers(self.out, logits[:, j]) for j in range(gamma + 1)], dim=1), -1
-            )
-            # 3. Keep what speculative sampling accepts, then the token after it; EOS and the chunk's
-            #    room cut a row's tokens (a row whose room ends at a fed draft may keep the draft after
-            #    it: the target at the last fed token verified it).
-            kept, next_token = speculative_choice(target, proposal_t, drafts_t, greedy=False)
-            new, count, wrote_eos = commit_round(
-                drafts_t, kept, next_token, self.eos, room_now, self.out, self.written
-            )
-            ended |= wrote_eos
-            taken += count
-            self.drafted += room_now.clamp(max=gamma).sum()
-            # 4. Both sides keep exactly the committed tokens. The large cache keeps the fed last token
-            #    and the committed drafts but the newest (fed first next round); the pair drops the
-            #    drafts it took past the committed ones and appends the newest committed token when it
-            #    did not take it as a draft.
-            keeps_drafts = torch.minimum(kept, count)
-            self.accepted += keeps_drafts.sum()
-            cache_keeps = fed_mask & ((position[None, :] == 0) | (position[None, :] < count[:, None]))
-            self.cache_mask = torch.cat([self.cache_mask, cache_keeps.long()], dim=1)
-            newest = new.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1)
-            self.last = torch.where(count > 0, newest, self.last)
-            stepped = fed_mask[:, 1:].sum(-1)  # drafts each row's pair state took
-            in_state = torch.minimum(keeps_drafts, stepped)
-            appends = (count > in_state).long()
-            self.state.replace_tail(stepped - in_state, newest[:, None], appends)
-            weak_fed += stepped + appends
-        host_taken = taken.tolist()
-        self.cost.add("large_tokens", self.owners, host_taken)
+            done = engine.verify(room_now, most_room)
+            ended |= done.wrote_eos
+            taken += done.count
+            # The pair's state is the scorer's: it must hold every committed token by the chunk's end.
+            weak_fed += engine.keep_committed(done)
+        self.cost.add("large_tokens", self.owners, taken.tolist())
         self.cost.add("weak_tokens", self.owners, weak_fed.tolist())
-        written = self.written.tolist()
+        written = engine.written.tolist()
         finished = [bool(e) or n >= self.max_new for e, n in zip(ended.tolist(), written)]
         return SampledChunks(None, taken, finished, scored=True)
 
     def responses(self) -> list[list[int]]:
-        return [row[:n] for row, n in zip(self.out.tolist(), self.written.tolist())]
+        return self.engine.responses()

@@ -1,12 +1,13 @@
-"""Token-level guidance with fewer large-model forwards: the weak pair drafts, the large model verifies.
+"""The drafting engine: the weak pair drafts, the large model verifies, every kept token is exact.
 
-The target is the guided distribution of token-level guidance,
-``p(v) ∝ warp(log_softmax(large logits) + beta * (log p_tuned(v) - log p_untuned(v)))``. Each round,
-every row drafts ``gamma`` tokens from a weak-only emulation of that target (the untuned model in
-place of the large one: ``log p_untuned + beta * guidance``, which for ``beta = 1`` is the tuned
-model), then ONE large-model forward over the last committed token and the drafts gives the target at
-all ``gamma + 1`` positions. Speculative sampling (Leviathan et al., 2023; Chen et al., 2023) keeps
-draft ``j`` with probability ``min(1, p_j(d_j) / q_j(d_j))``; at the first rejection it samples from
+Used by drafted token guidance ([`TokenGuidance`][w2s_generate.TokenGuidance] with ``draft_tokens``,
+whose target is the guided distribution) and by drafted chunks
+([`DraftedModelSource`][w2s_generate.DraftedModelSource], whose target is the large model itself). Each
+round, a proposer (shaped like transformers' ``CandidateGenerator``: ``get_candidates`` and
+``update_candidate_strategy``) drafts ``gamma`` tokens per row from the pair's state, then ONE
+large-model forward over the last committed token and the drafts gives the target at all ``gamma + 1``
+positions. Speculative sampling (Leviathan et al., 2023; Chen et al., 2023) keeps draft ``j`` with
+probability ``min(1, p_j(d_j) / q_j(d_j))``; at the first rejection it samples from
 ``norm(max(p_j - q_j, 0))``, and when every draft is kept it samples one more token from
 ``p_{gamma+1}``. Every token is then an exact sample of the target, whatever the proposal. Greedy
 decoding keeps drafts while they equal the target's argmax and then takes that argmax.
@@ -25,33 +26,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessorList, StoppingCriteriaList
-from transformers.utils import ModelOutput
+from transformers import LogitsProcessorList
 
-from ._compat import DRAFTABLE_CRITERIA, accepts_position_ids, forward_with_cache, new_cache, processor_traits
-
-
-@dataclass
-class DraftedOutput(ModelOutput):
-    """What drafted token guidance returns with ``return_dict_in_generate=True``.
-
-    Attributes:
-        sequences: ``[B, T]`` prompt + response ids, right-padded.
-        large_forwards: forwards of the large model (prefill included).
-        drafted: draft tokens proposed, over all rows and rounds.
-        accepted: draft tokens the large model kept.
-
-    Examples:
-        >>> out = model.generate(**inputs, custom_generate=TokenGuidance(pair, draft_tokens=2), do_sample=True,
-        ...                      max_new_tokens=6, return_dict_in_generate=True)
-        >>> type(out).__name__, out.sequences.shape[0], out.accepted <= out.drafted
-        ('DraftedOutput', 2, True)
-    """
-
-    sequences: torch.LongTensor | None = None
-    large_forwards: int | None = None
-    drafted: int | None = None
-    accepted: int | None = None
+from ._compat import accepts_position_ids, forward_with_cache, new_cache, select_cache_rows
+from .scoring import GuidanceState
 
 
 def speculative_choice(
@@ -206,142 +184,219 @@ def commit_round(
     return new, count, wrote_eos
 
 
-def check_draftable(processors: LogitsProcessorList, stopping: StoppingCriteriaList) -> None:
-    """Refuse, by name, what a drafted round cannot apply exactly at every drafted position."""
-    for processor in processors:
-        if not processor_traits(processor).scores_only:
-            raise ValueError(
-                f"draft_tokens cannot apply {type(processor).__name__}: drafted rounds support the sampling "
-                "warpers (temperature, top_k, top_p, min_p, typical_p, epsilon/eta cutoffs) only. Drop that "
-                "setting or use TokenGuidance without draft_tokens."
-            )
-    for criterion in stopping:
-        if type(criterion).__name__ not in DRAFTABLE_CRITERIA:
-            raise ValueError(
-                f"draft_tokens cannot apply {type(criterion).__name__}: drafted rounds stop at EOS and "
-                "max_new_tokens only. Drop that setting or use TokenGuidance without draft_tokens."
-            )
+class PairProposer:
+    """Drafts from the weak pair's state and says what the large model's verification targets.
 
+    Shaped like transformers' ``CandidateGenerator``: ``get_candidates`` drafts a round (stepping the
+    pair's state through the drafts), ``update_candidate_strategy`` rolls the state back to what the
+    round committed. Subclasses say which distribution drafts come from (``draft_scores``) and what
+    the large model's logits become at each verified position (``target_scores``).
 
-@torch.no_grad()
-def drafted_guidance(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    pair,
-    beta: float,
-    combine,
-    warpers: LogitsProcessorList,
-    draft_tokens: int,
-    max_new_tokens: int,
-    eos_ids: list[int],
-    pad_id: int,
-    greedy: bool,
-    vocab_rows: int | None = None,
-) -> DraftedOutput:
-    """Guided decoding of ``max_new_tokens`` per row in drafted rounds (see the module docstring).
-
-    ``combine(logprobs [R, V], guidance [R, V]) -> [R, V]`` is the guided processor's own combination
-    (shared rows, padding rows of a larger table at ``-inf``). ``vocab_rows`` is the number of rows of
-    the large model's output table, when known: drafts are drawn over it, its padding rows at ``-inf``.
+    Args:
+        state: the pair's incremental state over the rows being drafted for.
+        warpers: the sampling warpers, applied to proposal and target alike.
+        vocab_rows: rows of the large model's output table (drafts are drawn over it, padding rows
+            past the pair's at ``-inf``); ``None`` for the pair's own.
+        greedy: draft each row's most likely token instead of sampling.
     """
-    device = input_ids.device
-    rows, prompt_width = input_ids.shape
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
-    prompts = [[t for t, m in zip(r, mr) if m] for r, mr in zip(input_ids.tolist(), mask.tolist())]
-    state = pair.start(prompts)
-    base_side = min(range(len(pair.coefficients)), key=lambda s: pair.coefficients[s])
-    uses_positions = accepts_position_ids(model)
-    eos = torch.tensor(eos_ids or [-1], device=device)
 
-    # The large model's cache holds every committed token but the last one, which the next
-    # round's forward feeds first.
-    cache = new_cache(model)
-    large_forwards = 0
-    if prompt_width > 1:
-        forward_with_cache(
-            model,
-            input_ids[:, :-1],
-            mask[:, :-1],
-            cache,
-            position_ids=(mask[:, :-1].cumsum(-1) - 1).clamp(min=0) if uses_positions else None,
-            logits_to_keep=1,
-        )
-        large_forwards += 1
-    cache_mask = mask[:, :-1]
-    last = input_ids[:, -1]
-    # Room for one round past the budget, so each round writes its gamma + 1 slots at distinct columns.
-    out = torch.full(
-        (rows, prompt_width + max_new_tokens + min(draft_tokens, max_new_tokens) + 1),
-        pad_id,
-        dtype=torch.long,
-        device=device,
-    )
-    out[:, :prompt_width] = input_ids
-    written = torch.zeros(rows, dtype=torch.long, device=device)
-    room = torch.full((rows,), max_new_tokens, dtype=torch.long, device=device)  # [R] 0 once finished
-    most_room = max_new_tokens  # host copy of room.max()
-    drafted = torch.zeros((), dtype=torch.long, device=device)
-    accepted = torch.zeros((), dtype=torch.long, device=device)
-    while most_room > 0:
-        # A round commits at most most_room tokens per row: no drafts past the budget (nor the context).
-        gamma = min(draft_tokens, most_room - 1)
-        position = torch.arange(gamma + 1, device=device)
-        fed_mask = round_masks(room, gamma)  # [R, G+1]
-        # 1. Draft gamma tokens per row from the weak emulation of the target; drafts past a row's
-        #    room (all of a finished row's) leave the pair's state as it is.
-        guidance, proposal, drafts = [], [], []
+    def __init__(
+        self, state: GuidanceState, warpers: LogitsProcessorList, vocab_rows: int | None, greedy: bool = False
+    ) -> None:
+        self.state = state
+        self.warpers = warpers
+        self.vocab_rows = vocab_rows
+        self.greedy = greedy
+
+    def draft_scores(self) -> torch.Tensor:
+        """``[R, V]`` the scores the next draft is sampled from (before the warpers)."""
+        raise NotImplementedError
+
+    def drafts_done(self) -> None:
+        """Called after a round's last draft, before the large model's forward."""
+
+    def target_scores(self, logits: torch.Tensor, position: int) -> torch.Tensor:
+        """``[R, V] -> [R, V]`` the target's scores at a verified position, from the large model's logits."""
+        raise NotImplementedError
+
+    def get_candidates(
+        self, gamma: int, fed_mask: torch.Tensor, out: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([R, G] drafts, [R, G, V] the distribution each was drawn from)``; draft ``j`` enters the
+        pair's state exactly where ``fed_mask[:, j + 1]`` holds."""
+        drafts, proposal = [], []
         for j in range(gamma):
-            g = state.next_token_guidance()
-            base = fit_rows(state.next_token_logprobs()[base_side], vocab_rows)
-            q = torch.softmax(warpers(out, combine(base, g)), dim=-1)
-            d = q.argmax(-1) if greedy else torch.multinomial(q, 1).squeeze(1)
-            guidance.append(g)
+            q = torch.softmax(self.warpers(out, self.draft_scores()), dim=-1)
+            d = q.argmax(-1) if self.greedy else torch.multinomial(q, 1).squeeze(1)
             proposal.append(q)
             drafts.append(d)
-            state.step(d, active=fed_mask[:, j + 1])
-        guidance.append(state.next_token_guidance())
-        drafts_t, proposal_t = stack_round(drafts, proposal, rows, device)  # [R, G], [R, G, V]
-        # 2. One large-model forward over the last committed token and the drafts, masked past each
-        #    row's room.
-        fed = torch.cat([last[:, None], drafts_t], dim=1)  # [R, G+1]
-        forward_mask = torch.cat([cache_mask, fed_mask.long()], dim=1)
-        positions = (forward_mask.cumsum(-1) - 1).clamp(min=0)[:, -fed.shape[1] :]
-        logits = forward_with_cache(
-            model, fed, forward_mask, cache, position_ids=positions if uses_positions else None
-        ).logits.float()  # [R, G+1, V]
-        large_forwards += 1
-        logprobs = torch.log_softmax(logits, dim=-1)
-        target_scores = torch.stack(
-            [warpers(out, combine(logprobs[:, j], guidance[j])) for j in range(gamma + 1)], dim=1
+            self.state.step(d, active=fed_mask[:, j + 1])
+        self.drafts_done()
+        return stack_round(drafts, proposal, fed_mask.shape[0], fed_mask.device)
+
+    def target(self, logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``[R, G+1, V]`` logits -> the target distribution at every verified position."""
+        scores = [self.warpers(out, self.target_scores(logits[:, j], j)) for j in range(logits.shape[1])]
+        return torch.softmax(torch.stack(scores, dim=1), dim=-1)
+
+    def update_candidate_strategy(
+        self, drop: torch.Tensor, tokens: torch.Tensor, appends: torch.Tensor | None = None
+    ) -> None:
+        """Retract ``drop`` drafts per row from the pair's state and append ``tokens`` (``appends`` of them)."""
+        self.state.replace_tail(drop, tokens[:, None], appends)
+
+
+@dataclass
+class VerifiedRound:
+    """What one drafting round verified: each row's drafts, how many the large model kept, what it wrote.
+
+    Attributes:
+        room: ``[R]`` the tokens each row could take this round (0: not fed).
+        fed_mask: ``[R, G+1]`` which of the fed tokens (the last committed, then the drafts) counted.
+        drafts: ``[R, G]`` the drafted tokens.
+        kept: ``[R]`` leading drafts the large model kept.
+        next_token: ``[R]`` the token after them.
+        new: ``[R, G+1]`` the round's tokens (kept drafts, the token, then junk).
+        count: ``[R]`` tokens committed (cut after EOS and at the room).
+        wrote_eos: ``[R]`` whether the row wrote an EOS.
+    """
+
+    room: torch.Tensor
+    fed_mask: torch.Tensor
+    drafts: torch.Tensor
+    kept: torch.Tensor
+    next_token: torch.Tensor
+    new: torch.Tensor
+    count: torch.Tensor
+    wrote_eos: torch.Tensor
+
+
+class DraftingEngine:
+    """The large model's side of drafted decoding: its cache, the committed tokens, verification.
+
+    The cache holds every committed token but each row's last one, which the next round's forward
+    feeds first. ``out`` holds the response tokens (not the prompt), with room for one round past the
+    budget so every round writes its ``gamma + 1`` slots at distinct columns.
+
+    Args:
+        model: the large model.
+        prompt_ids: ``[R, P]`` left-padded prompts.
+        prompt_mask: ``[R, P]`` their attention mask.
+        proposer: drafts each round and rolls the pair's state back.
+        eos_ids: end-of-sequence ids.
+        pad: the id that fills ``out`` past each row's tokens.
+        max_new: tokens per row at most.
+        draft_tokens: drafts per round at most (``gamma``).
+        logits_hook: applied to the large model's float logits before the proposer's target (e.g.
+            masking padding rows of its output table).
+    """
+
+    def __init__(
+        self,
+        model,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        proposer: PairProposer,
+        eos_ids: list[int],
+        pad: int,
+        max_new: int,
+        draft_tokens: int,
+        logits_hook=None,
+    ) -> None:
+        self.model = model
+        self.proposer = proposer
+        self.gamma = draft_tokens
+        self.logits_hook = logits_hook
+        self.device = prompt_ids.device
+        rows, width = prompt_ids.shape
+        self.eos = torch.tensor(eos_ids or [-1], device=self.device)
+        self.uses_position_ids = accepts_position_ids(model)
+        mask = prompt_mask.long()
+        self.cache = new_cache(model)
+        self.prefilled = width > 1
+        if self.prefilled:
+            positions = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0) if self.uses_position_ids else None
+            forward_with_cache(
+                model, prompt_ids[:, :-1], mask[:, :-1], self.cache, position_ids=positions, logits_to_keep=1
+            )
+        self.cache_mask = mask[:, :-1]
+        self.last = prompt_ids[:, -1]
+        self.out = torch.full(
+            (rows, max_new + min(draft_tokens, max_new) + 1), pad, dtype=torch.long, device=self.device
         )
-        target = torch.softmax(target_scores, dim=-1)
-        # 3. Keep the drafts the target accepts, then one more token from the target (or residual).
-        #    EOS ends a row after it; the room caps what is written (a row whose room ends at a fed
-        #    draft may keep the draft after it: the target at the last fed token verified it).
-        kept, next_token = speculative_choice(target, proposal_t, drafts_t, greedy)
-        drafted += room.clamp(max=gamma).sum()
-        _, count, wrote_eos = commit_round(
-            drafts_t, kept, next_token, eos, room, out[:, prompt_width:], written
+        self.written = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.drafted = torch.zeros((), dtype=torch.long, device=self.device)  # drafts proposed, all rounds
+        self.accepted = torch.zeros((), dtype=torch.long, device=self.device)  # drafts committed
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep (and repeat) the rows ``index`` names, cache included."""
+        select_cache_rows(self.cache, index)
+        self.cache_mask, self.last = self.cache_mask[index], self.last[index]
+        self.out, self.written = self.out[index], self.written[index]
+
+    def verify(self, room: torch.Tensor, most_room: int) -> VerifiedRound:
+        """One round: draft, one large-model forward, keep what speculative sampling accepts, write it.
+
+        Args:
+            room: ``[R]`` tokens each row may take this round (0: a row that is done).
+            most_room: ``room.max()`` as a host int (the caller's one sync per round), at least 1.
+        """
+        # A round commits at most most_room tokens per row: no drafts past the budget (nor the context).
+        gamma = min(self.gamma, most_room - 1)
+        fed_mask = round_masks(room, gamma)  # [R, G+1]
+        # 1. Draft; drafts past a row's room (all of a finished row's) leave the pair's state as it is.
+        drafts, proposal = self.proposer.get_candidates(gamma, fed_mask, self.out)
+        # 2. One large-model forward over each row's last committed token and its drafts, masked past
+        #    each row's room.
+        fed = torch.cat([self.last[:, None], drafts], dim=1)
+        mask = torch.cat([self.cache_mask, fed_mask.long()], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -fed.shape[1] :] if self.uses_position_ids else None
+        logits = forward_with_cache(self.model, fed, mask, self.cache, position_ids=positions).logits.float()
+        if self.logits_hook is not None:
+            logits = self.logits_hook(logits)
+        target = self.proposer.target(logits, self.out)
+        # 3. Keep what the target accepts, then one more token from the target (or the residual). EOS
+        #    ends a row after it; the room caps what is written (a row whose room ends at a fed draft
+        #    may keep the draft after it: the target at the last fed token verified it).
+        kept, next_token = speculative_choice(target, proposal, drafts, self.proposer.greedy)
+        self.drafted += room.clamp(max=gamma).sum()
+        new, count, wrote_eos = commit_round(drafts, kept, next_token, self.eos, room, self.out, self.written)
+        self.accepted += torch.minimum(kept, count).sum()
+        return VerifiedRound(room, fed_mask, drafts, kept, next_token, new, count, wrote_eos)
+
+    def keep_committed(self, done: VerifiedRound) -> torch.Tensor:
+        """Roll both sides back to exactly the committed tokens; ``[R]`` tokens fed to the pair.
+
+        The large cache keeps the fed last token and the committed drafts but the newest (fed first
+        next round); the pair drops the drafts it took past the committed ones and appends the newest
+        committed token when it did not take it as a draft. A row may resume in a later round.
+        """
+        position = torch.arange(done.fed_mask.shape[1], device=self.device)
+        self.cache_mask = torch.cat(
+            [self.cache_mask, (position[None, :] < done.count[:, None]).long()], dim=1
         )
-        accepted += torch.minimum(kept, count).sum()
-        finished = (room == 0) | wrote_eos | (written >= max_new_tokens)
-        room_next = torch.where(finished, torch.zeros_like(room), max_new_tokens - written)
-        most_room = int(room_next.max())  # the one host sync a round needs (replace_tail's aside)
-        if most_room == 0:
-            break
-        # 4. Roll both sides back to what each row kept. A row that goes on committed its kept
-        #    drafts and the token after them: the large cache keeps the fed token and the kept drafts,
-        #    the pair retracts the rest and takes the token. A finished row leaves the large cache
-        #    masked and swaps its last token in the pair's state for the new one, so neither grows.
-        cache_keeps = (position[None, :] < count[:, None]) & ~finished[:, None]
-        cache_mask = torch.cat([cache_mask, cache_keeps.long()], dim=1)
-        last = next_token
-        stepped = fed_mask[:, 1:].sum(-1)  # drafts each row's pair state took
-        drop = torch.where(room > 0, stepped - torch.minimum(kept, stepped), torch.ones_like(stepped))
-        state.replace_tail(drop, next_token[:, None])
-        room = room_next
-    width = prompt_width + int(written.max())
-    return DraftedOutput(
-        sequences=out[:, :width], large_forwards=large_forwards, drafted=int(drafted), accepted=int(accepted)
-    )
+        newest = done.new.gather(1, (done.count - 1).clamp(min=0)[:, None]).squeeze(1)
+        self.last = torch.where(done.count > 0, newest, self.last)
+        stepped = done.fed_mask[:, 1:].sum(-1)  # drafts each row's pair state took
+        in_state = torch.minimum(torch.minimum(done.kept, done.count), stepped)
+        appends = (done.count > in_state).long()
+        self.proposer.update_candidate_strategy(stepped - in_state, newest, appends)
+        return stepped + appends
+
+    def keep_continuing(self, done: VerifiedRound, finished: torch.Tensor) -> None:
+        """Roll back for rows that never resume once ``finished``: those leave the large cache masked
+        and swap their last token in the pair's state for the new one, so neither grows (and the pair
+        needs no per-row lengths: no host sync)."""
+        position = torch.arange(done.fed_mask.shape[1], device=self.device)
+        keeps = (position[None, :] < done.count[:, None]) & ~finished[:, None]
+        self.cache_mask = torch.cat([self.cache_mask, keeps.long()], dim=1)
+        self.last = done.next_token
+        stepped = done.fed_mask[:, 1:].sum(-1)
+        drop = torch.where(
+            done.room > 0, stepped - torch.minimum(done.kept, stepped), torch.ones_like(stepped)
+        )
+        self.proposer.update_candidate_strategy(drop, done.next_token)
+
+    def responses(self) -> list[list[int]]:
+        """Each row's committed tokens."""
+        return [row[:n] for row, n in zip(self.out.tolist(), self.written.tolist())]

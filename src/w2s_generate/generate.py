@@ -136,7 +136,7 @@ def _drafted_call(
     strategy, model, input_ids, processor, logits_processor, stopping_criteria, config, model_kwargs
 ):
     """``TokenGuidance(..., draft_tokens=G)``: drafted rounds instead of transformers' loop."""
-    from .drafting import check_draftable, drafted_guidance
+    from .drafted_guidance import check_draftable, drafted_guidance
 
     if config.num_beams != 1:
         raise ValueError(
@@ -154,7 +154,6 @@ def _drafted_call(
         input_ids,
         model_kwargs.get("attention_mask"),
         strategy.pair,
-        strategy.beta,
         processor.combine,
         logits_processor,
         strategy.draft_tokens,

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from .cache_folders import cache_root, publish, staging_dir
+
 __all__ = ["REAL_MODELS", "RealModel", "convert_gguf", "real_model_folder", "real_tokenizer"]
 
 #: Versioned folder under the cache root: a change to what is stored gets a new folder.
@@ -124,7 +126,6 @@ def _require_gguf() -> None:
 
 
 def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
-    from .demo.cache import cache_root  # the demo's cache root; imported here to keep this module light
 
     return cache_root(cache_dir) / REAL_CACHE_FORMAT
 
@@ -187,7 +188,6 @@ def convert_gguf(
         plain.load_state_dict(quantized.state_dict(), assign=True)
         plain.tie_weights()
         plain.generation_config = quantized.generation_config
-        from .demo.cache import publish, staging_dir
 
         with staging_dir(final.parent) as staged:
             plain.save_pretrained(staged, safe_serialization=True)
@@ -241,7 +241,6 @@ def real_tokenizer(name: str, cache_dir: str | os.PathLike[str] | None = None):
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     final = root / f"{name}-tokenizer"
     final.parent.mkdir(parents=True, exist_ok=True)
-    from .demo.cache import publish, staging_dir
 
     with staging_dir(final.parent) as staged:
         tokenizer.save_pretrained(staged)

@@ -79,9 +79,9 @@ def _chunk_beam_search(
     chunk_stop,
     draft_tokens,
 ):
+    from .boundaries import ChunkBoundary
     from .policies import (
         AdaptiveBudget,
-        ChunkBoundary,
         DiverseSelection,
         ScheduledBudget,
         StochasticSelection,

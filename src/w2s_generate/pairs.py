@@ -5,13 +5,20 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from ._compat import base_model, output_rows
+from .loading import (
+    adapter_dir,
+    check_weights_format,
+    from_pretrained,
+    load_adapters,
+    load_kwargs,
+    load_tokenizer,
+)
 from .prompt_format import (
     CONDITION_SEPARATOR,
     encode_prompt,
@@ -27,9 +34,6 @@ Message = Mapping[str, str]
 Prompt = str | Sequence[Message] | Sequence[int]
 #: A response: text (encoded without special tokens) or weak-tokenizer ids.
 Response = str | Sequence[int]
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS_SAFE = "adapter_model.safetensors"
 
 
 def check_causal_lm(model: torch.nn.Module, role: str) -> None:
@@ -55,21 +59,6 @@ def clearly_not_its_tokenizer(tokens: int, rows: int) -> bool:
     shortfall beyond ``max(2% of rows, 128)`` is taken as another model's tokenizer.
     """
     return tokens > rows or rows - tokens > max(0.02 * rows, 128)
-
-
-def _check_weights_format(path: str | os.PathLike, allow_pickle: bool, role: str) -> None:
-    """Refuse a local checkpoint with pickle weights only, naming ``allow_pickle=True`` (an OSError, as
-    transformers raises for weights it cannot find)."""
-    folder = Path(path)
-    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in [*folder.glob("*.bin"), *folder.glob("*.pt"), *folder.glob("*.pth")])
-    if pickles:
-        raise OSError(
-            f"{role}={str(path)!r} has only pickle weights ({', '.join(pickles)}) and no .safetensors: only "
-            "safetensors load by default, since unpickling can run code. Re-save it with "
-            "save_pretrained(safe_serialization=True), or pass allow_pickle=True if you trust its source."
-        )
 
 
 def _check_sequence(value: object, name: str) -> None:
@@ -290,27 +279,28 @@ class WeakPair:
             >>> pair = WeakPair.from_pretrained("path/to/my-lora-adapter")     # doctest: +SKIP
         """
         load = load_kwargs(model_kwargs, dtype, device_map, allow_pickle, trust_remote_code)
-        adapter_dir = _adapter_dir(tuned, allow_pickle)
-        if adapter_dir is not None:
+        adapter_folder = adapter_dir(tuned, allow_pickle)
+        if adapter_folder is not None:
             if untuned is not None:
                 raise ValueError(
                     f"tuned={str(tuned)!r} is a LoRA adapter, whose untuned side is its own base model; "
                     "leave untuned=None (or merge the adapter and pass two full checkpoints)."
                 )
-            peft_model, tok = load_adapters([adapter_dir], ["default"], tokenizer, load, allow_pickle)
+            peft_model, tok = load_adapters([adapter_folder], ["default"], tokenizer, load, allow_pickle)
             if chat_template is None:
-                chat_template = read_prompt_format(adapter_dir)
+                chat_template = read_prompt_format(adapter_folder)
             return cls.from_peft(peft_model, tok, "default", chat_template=chat_template)
         if untuned is None:
             raise ValueError(
                 f"untuned is missing: {str(tuned)!r} is a full checkpoint, not a LoRA adapter, so the pair needs "
                 "the untuned checkpoint too, e.g. WeakPair.from_pretrained('lvwerra/gpt2-imdb', 'gpt2')."
             )
-        _check_weights_format(tuned, allow_pickle, "tuned")
-        _check_weights_format(untuned, allow_pickle, "untuned")
-        tuned_model = _from_pretrained(tuned, load, allow_pickle)
-        untuned_model = _from_pretrained(untuned, load, allow_pickle)
-        tok = _load_tokenizer(tokenizer, [tuned, untuned], trust_remote_code)
+        check_weights_format(tuned, allow_pickle, "tuned")
+        check_weights_format(untuned, allow_pickle, "untuned")
+        tuned_model = from_pretrained(tuned, load, allow_pickle, "tuned")
+        untuned_model = from_pretrained(untuned, load, allow_pickle, "untuned")
+        candidates = [tuned, untuned] if tokenizer is None else tokenizer
+        tok = load_tokenizer(candidates, trust_remote_code=trust_remote_code)
         return cls(tuned_model, untuned_model, tok, chat_template=chat_template)
 
     # ------------------------------------------------------------------ encoding
@@ -440,77 +430,6 @@ class WeakPair:
         return f"{type(self).__name__}({kinds}, chat_template={self.chat_template})"
 
 
-def _from_pretrained(path: str | os.PathLike, load: dict[str, Any], allow_pickle: bool) -> torch.nn.Module:
-    """``AutoModelForCausalLM.from_pretrained``; a missing-safetensors error says how to go on."""
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, **load)
-    except OSError as error:
-        if allow_pickle or "safetensors" not in str(error):
-            raise
-        raise OSError(
-            f"{error}\n{str(path)!r} seems to have no safetensors weights; only those load by default. Pass "
-            "allow_pickle=True to load .bin (pickle) weights if you trust the source."
-        ) from error
-
-
-def load_kwargs(
-    model_kwargs, dtype, device_map, allow_pickle: bool, trust_remote_code: bool
-) -> dict[str, Any]:
-    load = dict(model_kwargs)
-    load.update(use_safetensors=not allow_pickle or None, trust_remote_code=trust_remote_code)
-    if dtype is not None:
-        load["dtype"] = dtype
-    if device_map is not None:
-        load["device_map"] = device_map
-    return load
-
-
-def adapter_base_model(folder: str | os.PathLike) -> str | None:
-    """The base model an adapter folder names in its config (``base_model_name_or_path``).
-
-    A relative path is read from the adapter's folder when the base is there (``../weak`` next to the
-    adapter), else kept as written (a hub id, or a path from the working folder).
-    """
-    from peft import PeftConfig
-
-    base = PeftConfig.from_pretrained(folder).base_model_name_or_path
-    if base and not os.path.isabs(base):
-        beside = os.path.normpath(os.path.join(folder, base))
-        if os.path.exists(beside):
-            return beside
-    return base
-
-
-def load_adapters(
-    adapters: Sequence[str | os.PathLike],
-    names: Sequence[str],
-    tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None,
-    load: dict[str, Any],
-    allow_pickle: bool,
-) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """One base model with every adapter loaded under ``names`` (they must share that base)."""
-    from peft import PeftModel
-
-    folders = []
-    for adapter in adapters:
-        folder = _adapter_dir(adapter, allow_pickle)
-        if folder is None:
-            raise ValueError(f"{str(adapter)!r} is not a peft adapter (no {ADAPTER_CONFIG}).")
-        folders.append(folder)
-    bases = [adapter_base_model(f) for f in folders]
-    if len(set(bases)) > 1:
-        raise ValueError(
-            f"The adapters have different base models ({sorted(set(bases))}): adapters sharing one forward need one base."
-        )
-    _check_weights_format(bases[0], allow_pickle, "the adapters' base model")
-    base = _from_pretrained(bases[0], load, allow_pickle)
-    peft_model = PeftModel.from_pretrained(base, folders[0], adapter_name=names[0])
-    for folder, name in zip(folders[1:], names[1:]):
-        peft_model.load_adapter(folder, adapter_name=name)
-    tok = _load_tokenizer(tokenizer, [folders[0], bases[0]], load.get("trust_remote_code", False))
-    return peft_model, tok
-
-
 def _check_peft_adapter(peft_model: torch.nn.Module, adapter_name: str) -> None:
     configs = getattr(peft_model, "peft_config", None)
     if configs is None:
@@ -532,56 +451,3 @@ def _check_peft_adapter(peft_model: torch.nn.Module, adapter_name: str) -> None:
                 "The peft model has merged adapter weights, so the base weights are gone and the untuned side "
                 "cannot be computed: call peft_model.unmerge_adapter() first."
             )
-
-
-def _adapter_dir(path_or_id: str | os.PathLike, allow_pickle: bool) -> str | None:
-    """The local folder of a peft adapter at ``path_or_id``, or ``None`` when it is a full model."""
-    path = Path(path_or_id)
-    if path.is_dir():
-        if not (path / ADAPTER_CONFIG).exists():
-            return None
-        if not allow_pickle and not (path / ADAPTER_WEIGHTS_SAFE).exists():
-            raise ValueError(
-                f"{path} holds an adapter without {ADAPTER_WEIGHTS_SAFE}; only safetensors load by default. "
-                "Re-save it with save_pretrained(safe_serialization=True) or pass allow_pickle=True."
-            )
-        return str(path)
-    if os.path.exists(str(path_or_id)):
-        return None
-    if path.is_absolute() or str(path_or_id).startswith((".", "~")) or len(path.parts) > 2:
-        raise FileNotFoundError(f"No such folder: {str(path_or_id)!r} (and it is not a hub id).")
-    from huggingface_hub import file_exists, snapshot_download
-
-    repo = str(path_or_id)
-    if not file_exists(repo, ADAPTER_CONFIG):
-        return None
-    patterns = [ADAPTER_CONFIG, ADAPTER_WEIGHTS_SAFE, "*.json", "*.model", "*.txt"]
-    if allow_pickle:
-        patterns.append("adapter_model.bin")
-    local = snapshot_download(repo, allow_patterns=patterns)
-    return _adapter_dir(local, allow_pickle)
-
-
-def _load_tokenizer(
-    tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None,
-    candidates: Sequence[str | os.PathLike],
-    trust_remote_code: bool,
-) -> PreTrainedTokenizerBase:
-    if isinstance(tokenizer, PreTrainedTokenizerBase):
-        return tokenizer
-    if tokenizer is not None:
-        return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
-    errors = []
-    for candidate in candidates:
-        try:
-            loaded = AutoTokenizer.from_pretrained(candidate, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as error:
-            errors.append(f"{candidate}: {error}")
-            continue
-        # transformers 5 returns an empty tokenizer for a folder without tokenizer files.
-        if len(loaded) > 1:
-            return loaded
-        errors.append(f"{candidate}: no tokenizer files")
-    raise ValueError(
-        "No tokenizer found next to the weak models; pass tokenizer=. Tried: " + "; ".join(errors)
-    )

@@ -15,15 +15,12 @@ ids vLLM sampled it as instead of a re-tokenization of its text.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import json
 import math
-import numbers
 import os
 import random
-import socket
 import threading
 import time
 import urllib.error
@@ -33,25 +30,22 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-
-@dataclass(frozen=True)
-class Chunk:
-    """One sampled continuation.
-
-    Attributes:
-        text: the continuation's text.
-        finished: whether the response ended (EOS or a stop sequence: finish reason ``"stop"``).
-
-    Examples:
-        >>> Chunk(" a fine film.", finished=True)
-        Chunk(text=' a fine film.', finished=True)
-    """
-
-    text: str
-    finished: bool
+from .http_deadline import Deadline, opener_with, read_body
+from .server_answers import (
+    ENGINES,
+    Choice,
+    Chunk,
+    RemoteSamplerError,
+    TransientError,
+    completion_fields,
+    engine_of,
+    ignored_fields,
+    is_int,
+    is_real,
+    parse_choices,
+)
 
 
 class ChunkSampler(Protocol):
@@ -80,23 +74,6 @@ def _request_seed(seed: int, prompt: str, index: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-class RemoteSamplerError(RuntimeError):
-    """A completions request failed for good (bad credentials, unknown model, retries used up).
-
-    Examples:
-        >>> sampler = CompletionsSampler("http://127.0.0.1:9/v1", "absent", retries=0, timeout=2)  # nothing there
-        >>> try:
-        ...     cbs.run(["the film was"], sampler=sampler, max_new_tokens=4)
-        ... except RemoteSamplerError:
-        ...     print("no answer")
-        no answer
-    """
-
-
-class _Transient(Exception):
-    """A failure worth retrying (5xx, 429, timeout, broken connection, malformed JSON)."""
-
-
 #: Request fields the sampler sets itself, and where to set them instead: given in ``extra_body``
 #: they would silently change what is asked for (``echo`` would even return the prompt as the chunk).
 _OWN_FIELDS = {
@@ -111,27 +88,10 @@ _OWN_FIELDS = {
     "stream": "nothing: the sampler reads whole answers",
     "echo": "nothing: an echoed prompt would be scored as the response",
 }
-#: An answer larger than this is refused (chunks are a few tokens; this is a server gone wrong).
-MAX_ANSWER_BYTES = 32 * 2**20
-#: ``finish_reason`` values that end the response: EOS or a stop sequence ("stop"; vLLM then names the
-#: stop string or token in ``stop_reason`` and leaves the string out of the text), vLLM's repetition
-#: detection ("repetition"). "length" and null leave it open.
-_FINISHED_REASONS = frozenset({"stop", "repetition"})
-#: ``finish_reason`` values of a choice the server cut short (vLLM and SGLang "abort" the requests of an
-#: engine shutting down; vLLM reports "error" for a failed one): partial text, so the attempt is retried.
-_FAILED_REASONS = frozenset({"abort", "error"})
 #: Token ids kept for continuing beams (vLLM), in all; the oldest texts are forgotten past it.
 TOKEN_ID_CACHE = 2**22
 #: The longest wait between two attempts (seconds): a server restarting is found within this of coming back.
 MAX_BACKOFF = 30.0
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_header_value(value: str, what: str) -> None:
@@ -141,76 +101,6 @@ def _check_header_value(value: str, what: str) -> None:
             f"{what} contains whitespace or a control character (a newline copied with it?): strip it. "
             "The key itself is not shown."
         )
-
-
-def parse_completions(raw: bytes, n: int) -> list[Chunk]:
-    """The chunks of one ``/v1/completions`` answer body, in ``index`` order.
-
-    Raises ``_Transient`` (retried) for a body that is not JSON, is cut short, carries an ``error``
-    object, holds no or too many choices, or has a choice the server cut short (``finish_reason``
-    "abort" or "error"); [`RemoteSamplerError`][w2s_generate.RemoteSamplerError] for a JSON answer of
-    the wrong shape (a ``text`` that is ``null`` or a number, ``choices`` that is not a list): that
-    server does not speak the completions protocol, and asking again will not help.
-    """
-    return [choice.chunk for choice in _parse_choices(raw, n)]
-
-
-@dataclass(frozen=True)
-class _Choice:
-    """One parsed choice: its chunk, and the token ids of its prompt and text where the server sent them."""
-
-    chunk: Chunk
-    prompt_ids: list[int] | None = None
-    ids: list[int] | None = None
-
-
-def _token_ids(value: Any) -> list[int] | None:
-    """A list of token ids as sent, or None for anything else (the ids are an optimisation only)."""
-    if isinstance(value, list) and all(_is_int(t) and 0 <= t < 2**31 for t in value):
-        return value
-    return None
-
-
-def _parse_choices(raw: bytes, n: int) -> list[_Choice]:
-    """``parse_completions``, keeping each choice's ``prompt_token_ids`` and ``token_ids`` (vLLM)."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, a cut-off body, absurd nesting
-        raise _Transient(f"malformed response ({type(error).__name__}): {raw[:200]!r}") from None
-    if isinstance(data, dict) and "error" in data:
-        raise _Transient(f"the server answered with an error: {json.dumps(data['error'])[:300]}")
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-        raise RemoteSamplerError(
-            'expected a JSON object with a "choices" list (an OpenAI-compatible /v1/completions answer), got '
-            f"{json.dumps(data)[:200]}: check that the URL is the server's /v1 base and that it serves completions."
-        )
-    choices: list[tuple[int, int, _Choice]] = []
-    for i, choice in enumerate(data["choices"]):
-        if not isinstance(choice, dict):
-            raise RemoteSamplerError(f"choices[{i}] is {json.dumps(choice)[:80]}, not an object.")
-        text, index, reason = choice.get("text"), choice.get("index", 0), choice.get("finish_reason")
-        if not isinstance(text, str):
-            raise RemoteSamplerError(
-                f'choices[{i}]["text"] is {json.dumps(text)[:80]}, not a string: the server did not return '
-                "completion text (a chat-completions endpoint, or a server bug); refusing to use it as text."
-            )
-        if not _is_int(index):
-            raise RemoteSamplerError(f'choices[{i}]["index"] is {json.dumps(index)[:80]}, not an integer.')
-        if reason is not None and not isinstance(reason, str):
-            raise RemoteSamplerError(
-                f'choices[{i}]["finish_reason"] is {json.dumps(reason)[:80]}, not a string or null.'
-            )
-        if reason in _FAILED_REASONS:
-            raise _Transient(
-                f'choices[{i}] ended with finish_reason "{reason}": the server cut the request short '
-                "(shutting down?); its text is partial"
-            )
-        chunk = Chunk(text, reason in _FINISHED_REASONS)
-        ids = _Choice(chunk, _token_ids(choice.get("prompt_token_ids")), _token_ids(choice.get("token_ids")))
-        choices.append((index, i, ids))
-    if not choices or len(choices) > n:
-        raise _Transient(f"expected 1 to {n} choices, got {len(choices)}")
-    return [choice for _, _, choice in sorted(choices, key=lambda c: c[:2])]
 
 
 class _TokenIdCache:
@@ -239,94 +129,6 @@ class _TokenIdCache:
             self._size += len(ids)
             while self._size > self.limit and self._ids:
                 self._size -= len(self._ids.popitem(last=False)[1])
-
-
-def _shutdown(sock: socket.socket) -> None:
-    # The plain socket call: an SSL socket's own shutdown would unwrap it under its reader.
-    with contextlib.suppress(OSError, TypeError, ValueError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-class _Deadline:
-    """One request's total time limit: when it passes, the request's sockets are shut down.
-
-    urllib's ``timeout`` bounds each socket operation, so a server that sends a byte now and then
-    could hold a request for ever; shutting the socket down ends any read blocked on it.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-            expired = self.expired
-        if expired:
-            _shutdown(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _shutdown(sock)
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
-def _watched(connection_class: type, deadline: _Deadline) -> type:
-    class Watched(connection_class):
-        def connect(self) -> None:
-            super().connect()
-            deadline.watch(self.sock)
-
-    return Watched
-
-
-class _WatchedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def do_open(self, http_class, req, **kwargs):
-        return super().do_open(_watched(http_class, self.deadline), req, **kwargs)
-
-
-class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def do_open(self, http_class, req, **kwargs):
-        return super().do_open(_watched(http_class, self.deadline), req, **kwargs)
-
-
-def _read_body(response) -> bytes:
-    """The whole body; ``IncompleteRead`` when the connection ends before its Content-Length."""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        piece = response.read(65536)
-        if not piece:
-            break
-        parts.append(piece)
-        size += len(piece)
-        if size > MAX_ANSWER_BYTES:
-            raise RemoteSamplerError(
-                f"the answer is larger than {MAX_ANSWER_BYTES} bytes: refusing to read on."
-            )
-    body = b"".join(parts)
-    missing = getattr(response, "length", None)
-    if missing:  # http.client returns a short body from read(amt) without complaint
-        raise http.client.IncompleteRead(body, missing)
-    return body
 
 
 class CompletionsSampler:
@@ -405,30 +207,30 @@ class CompletionsSampler:
             (
                 "max_workers",
                 max_workers,
-                _is_int(max_workers) and max_workers >= 1,
+                is_int(max_workers) and max_workers >= 1,
                 "must be >= 1 (an integer)",
             ),
-            ("retries", retries, _is_int(retries) and retries >= 0, "must be >= 0 (an integer)"),
+            ("retries", retries, is_int(retries) and retries >= 0, "must be >= 0 (an integer)"),
             (
                 "timeout",
                 timeout,
-                _is_real(timeout) and math.isfinite(timeout) and timeout > 0,
+                is_real(timeout) and math.isfinite(timeout) and timeout > 0,
                 "must be a finite number of seconds > 0",
             ),
             (
                 "backoff",
                 backoff,
-                _is_real(backoff) and math.isfinite(backoff) and backoff >= 0,
+                is_real(backoff) and math.isfinite(backoff) and backoff >= 0,
                 "must be a finite number of seconds >= 0",
             ),
             (
                 "temperature",
                 temperature,
-                _is_real(temperature) and math.isfinite(temperature) and temperature >= 0,
+                is_real(temperature) and math.isfinite(temperature) and temperature >= 0,
                 "must be a finite number >= 0",
             ),
-            ("top_p", top_p, _is_real(top_p) and 0 < top_p <= 1, "must be in (0, 1]"),
-            ("seed", seed, seed is None or _is_int(seed), "must be an integer or None"),
+            ("top_p", top_p, is_real(top_p) and 0 < top_p <= 1, "must be in (0, 1]"),
+            ("seed", seed, seed is None or is_int(seed), "must be an integer or None"),
             ("use_n", use_n, isinstance(use_n, bool), "must be True or False"),
         )
         for name, value, ok, rule in checks:
@@ -486,7 +288,7 @@ class CompletionsSampler:
         """``n`` chunks of at most ``max_tokens`` tokens for every prefix, all requests concurrent."""
         if isinstance(prefixes, str) or not all(isinstance(p, str) for p in prefixes):
             raise ValueError(f"prefixes must be a list of strings; got {prefixes!r:.80}.")
-        if not (_is_int(n) and _is_int(max_tokens) and n >= 1 and max_tokens >= 1):
+        if not (is_int(n) and is_int(max_tokens) and n >= 1 and max_tokens >= 1):
             raise ValueError(f"n and max_tokens must be integers >= 1; got {n!r}, {max_tokens!r}.")
         self.server_kind()
         if self._refusal is not None:
@@ -524,29 +326,29 @@ class CompletionsSampler:
             return self._kind
         try:
             models = self._get_json(self.url[: -len("/completions")] + "/models")
-        except _Transient:
+        except TransientError:
             return None
         self._asked = True
-        self._kind = _engine(models, self.model)
+        self._kind = engine_of(models, self.model)
         if self._kind is not None and self.extra_body:  # both accept unknown fields without a word
             try:
                 schema = self._get_json(urllib.parse.urljoin(self.url, "../openapi.json"))
-            except _Transient:
+            except TransientError:
                 schema = None
-            fields = _completion_fields(schema)
-            self._refusal = _ignored_fields(self.extra_body, fields, _ENGINES[self._kind], self.url)
+            fields = completion_fields(schema)
+            self._refusal = ignored_fields(self.extra_body, fields, ENGINES[self._kind], self.url)
         return self._kind
 
     def _get_json(self, url: str) -> Any:
-        """GET ``url`` as JSON; None for an HTTP error or an answer that is not JSON; _Transient if unreachable."""
+        """GET ``url`` as JSON; None for an HTTP error or an answer that is not JSON; TransientError if unreachable."""
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        deadline = _Deadline(min(self.timeout, 10.0))
-        opener = urllib.request.build_opener(_WatchedHTTPHandler(deadline), _WatchedHTTPSHandler(deadline))
+        deadline = Deadline(min(self.timeout, 10.0))
+        opener = opener_with(deadline)
         try:
             with opener.open(
                 urllib.request.Request(url, headers=headers), timeout=deadline.seconds
             ) as answer:
-                raw = _read_body(answer)
+                raw = read_body(answer)
             return json.loads(raw)
         except urllib.error.HTTPError as error:
             error.close()
@@ -554,7 +356,7 @@ class CompletionsSampler:
         except (ValueError, RecursionError, RemoteSamplerError):  # not JSON, or absurdly large
             return None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-            raise _Transient(f"{type(error).__name__}: {error}") from None
+            raise TransientError(f"{type(error).__name__}: {error}") from None
         finally:
             deadline.cancel()
 
@@ -592,7 +394,7 @@ class CompletionsSampler:
                 time.sleep(delay * (1 + 0.1 * random.random()))
             try:
                 choices = self._once(body, headers, n)
-            except _Transient as error:
+            except TransientError as error:
                 last = error
                 continue
             self._remember(prompt, choices)
@@ -601,7 +403,7 @@ class CompletionsSampler:
             f"{self.url} failed {self.retries + 1} times (model {self.model!r}); last error: {last}"
         ) from last
 
-    def _remember(self, prompt: str, choices: list[_Choice]) -> None:
+    def _remember(self, prompt: str, choices: list[Choice]) -> None:
         """Keep the token ids of each open chunk's text (prompt + chunk), to continue it from them."""
         for choice in choices:
             text = choice.chunk.text
@@ -611,13 +413,13 @@ class CompletionsSampler:
             if choice.prompt_ids is not None and choice.ids:
                 self._token_ids.put(prompt + text, choice.prompt_ids + choice.ids)
 
-    def _once(self, body: bytes, headers: dict[str, str], n: int) -> list[_Choice]:
+    def _once(self, body: bytes, headers: dict[str, str], n: int) -> list[Choice]:
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        deadline = _Deadline(self.timeout)
-        opener = urllib.request.build_opener(_WatchedHTTPHandler(deadline), _WatchedHTTPSHandler(deadline))
+        deadline = Deadline(self.timeout)
+        opener = opener_with(deadline)
         try:
             with opener.open(request, timeout=self.timeout) as response:
-                raw = _read_body(response)
+                raw = read_body(response)
         except urllib.error.HTTPError as error:
             try:
                 detail = error.read(2000).decode(errors="replace")[:300]
@@ -634,7 +436,7 @@ class CompletionsSampler:
                     f"Server said: {detail}"
                 ) from None
             if error.code == 429 or error.code >= 500:
-                raise _Transient(f"HTTP {error.code}: {detail}") from None
+                raise TransientError(f"HTTP {error.code}: {detail}") from None
             raise RemoteSamplerError(
                 f"{self.url} rejected the request (HTTP {error.code}): {detail}"
             ) from None
@@ -642,52 +444,10 @@ class CompletionsSampler:
             # OSError covers timeouts and broken connections; HTTPException a cut-short body
             # (IncompleteRead) or a garbled status line.
             if deadline.expired:
-                raise _Transient(f"no complete answer within timeout={self.timeout}s") from None
-            raise _Transient(f"{type(error).__name__}: {error}") from None
+                raise TransientError(f"no complete answer within timeout={self.timeout}s") from None
+            raise TransientError(f"{type(error).__name__}: {error}") from None
         finally:
             deadline.cancel()
         if deadline.expired:  # an answer without Content-Length, cut at the deadline
-            raise _Transient(f"no complete answer within timeout={self.timeout}s")
-        return _parse_choices(raw, n)
-
-
-#: Engines a ``/models`` list names in ``owned_by``, and how to write their names.
-_ENGINES = {"vllm": "vLLM", "sglang": "SGLang"}
-#: Request fields of other servers, refused on vLLM and SGLang when their schema cannot be read.
-_FOREIGN_FIELDS = {"generation_config": "transformers serve"}
-
-
-def _engine(models: Any, model: str) -> str | None:
-    """The engine named by a ``/models`` answer's ``owned_by`` (the entry of ``model``, else the first)."""
-    entries = models.get("data") if isinstance(models, dict) else None
-    if not isinstance(entries, list):
-        return None
-    entries = [e for e in entries if isinstance(e, dict)]
-    entry = next((e for e in entries if e.get("id") == model), entries[0] if entries else None)
-    owner = entry.get("owned_by") if entry else None
-    return owner.lower() if isinstance(owner, str) and owner.lower() in _ENGINES else None
-
-
-def _completion_fields(schema: Any) -> set[str] | None:
-    """The request fields of a FastAPI server's completions schema (vLLM's ``CompletionRequest``), if any."""
-    try:
-        fields = schema["components"]["schemas"]["CompletionRequest"]["properties"]
-    except (KeyError, TypeError):
-        return None
-    return set(fields) if isinstance(fields, dict) and fields else None
-
-
-def _ignored_fields(extra_body: dict[str, Any], fields: set[str] | None, engine: str, url: str) -> str | None:
-    """Why ``extra_body`` is refused on ``engine`` (it holds fields the engine would ignore), or None."""
-    known = (lambda key: key not in _FOREIGN_FIELDS) if fields is None else fields.__contains__
-    ignored = sorted(key for key in extra_body if not known(key))
-    if not ignored:
-        return None
-    names = ", ".join(
-        f"{key!r}" + (f" ({_FOREIGN_FIELDS[key]}'s)" if key in _FOREIGN_FIELDS else "") for key in ignored
-    )
-    return (
-        f"extra_body sets {names}, not a request field of {engine}'s completions: {engine} at {url} would "
-        f"ignore it without a word. Use {engine}'s own fields (top_k, min_p, repetition_penalty, stop_token_ids, "
-        "...) or drop it."
-    )
+            raise TransientError(f"no complete answer within timeout={self.timeout}s")
+        return parse_choices(raw, n)

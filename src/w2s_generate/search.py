@@ -18,26 +18,28 @@ import numbers
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteriaList
 
-from ._compat import cache_in_forward_kwargs, eos_token_ids, output_rows, pad_token_id, processor_traits
+from ._compat import eos_token_ids, output_rows, pad_token_id
+from .boundaries import ChunkBoundary
 from .bridge import TextBridge
 from .candidates import CandidateSource, LocalModelSource
+from .drafted_guidance import check_draftable
 from .drafted_source import DraftedModelSource
-from .drafting import check_draftable
 from .pairs import WeakPair
 from .policies import (
     BudgetPolicy,
-    ChunkBoundary,
     ConstantBudget,
     SearchCost,
     SelectionPolicy,
     TopDistinct,
     is_count,
 )
+from .prefix_streamer import PrefixStreamer
 from .processor import check_shared_vocabulary, rows_look_padded
 from .row_processors import check_processors
 from .samplers import ChunkSampler
 from .scorers import IdScorer, TextScorer
-from .search_loop import Pool, best_hypotheses, run_rounds
+from .search_checks import check_boundary_processors, check_call, check_model_kwargs, check_stop_token_ids
+from .search_loop import best_hypotheses, run_rounds
 from .strategy import (
     SearchOutput,
     Strategy,
@@ -46,20 +48,8 @@ from .strategy import (
     check_weak_prompts,
     pair_type_error,
     refuse_class,
-    refuse_options,
 )
 from .text_source import TextSamplerSource
-
-#: generate options the search's own loop does not apply: option -> why, and what to use instead.
-NOT_APPLIED = {
-    "output_scores": "the pair's log-ratio of each returned sequence is out.log_ratios, every round's in out.trace",
-    "output_logits": "the pair's log-ratio of each returned sequence is out.log_ratios, every round's in out.trace",
-    "output_attentions": "it returns no per-step model outputs",
-    "output_hidden_states": "it returns no per-step model outputs",
-    "prompt_lookup_num_tokens": "every candidate token is sampled from the large model itself; for fewer large-model "
-    "forwards use draft_tokens=",
-    "dola_layers": "DoLa contrasts the model's layers inside transformers' own decoding loop",
-}
 
 
 class ChunkBeamSearch(Strategy):
@@ -219,11 +209,11 @@ class ChunkBeamSearch(Strategy):
         **model_kwargs,
     ):
         config = generation_config
-        self._check_model_kwargs(model_kwargs, config, return_trace)
-        self._check_call(model, config)
+        check_model_kwargs(type(self).__name__, model_kwargs, config, return_trace)
+        check_call(type(self).__name__, self.beam_width, model, config)
         check_processors(logits_processor, type(self).__name__)
-        self._check_boundary_processors(logits_processor)
-        self._check_stop_token_ids(model)
+        check_boundary_processors(self.boundary, logits_processor)
+        check_stop_token_ids(self.boundary, model)
         tokenizer = self.bound_tokenizer or self.tokenizer
         # Before the prompts are read: a large model of another vocabulary is named as such, not by its ids.
         bridge = self._bridge(model, tokenizer)
@@ -289,7 +279,7 @@ class ChunkBeamSearch(Strategy):
                 stop_string_tokenizer=tokenizer,
                 pair_rows=self.pair.vocab_rows if bridge is None else None,
             )
-        stream = _Streamer(streamer) if streamer is not None else None
+        stream = PrefixStreamer(streamer) if streamer is not None else None
         pools, trace = self._rounds(source, scorer, cost, return_trace, stream)
         rows: list[list[int]] = []
         scores: list[float] = []
@@ -423,7 +413,9 @@ class ChunkBeamSearch(Strategy):
             pair_rows=self.pair.vocab_rows,
         )
 
-    def _rounds(self, source, scorer, cost: SearchCost, return_trace: bool, stream: _Streamer | None = None):
+    def _rounds(
+        self, source, scorer, cost: SearchCost, return_trace: bool, stream: PrefixStreamer | None = None
+    ):
         """The search loop with this search's width, selection, budget and pair."""
         return run_rounds(
             source,
@@ -447,86 +439,6 @@ class ChunkBeamSearch(Strategy):
         if round_index == 0 and k == 0:
             raise ValueError(f"the budget policy {self.budget!r} gave no successors for round 0.")
         return int(k)
-
-    def _check_boundary_processors(self, processors: LogitsProcessorList) -> None:
-        """Refuse the processors that read a row's length from the batch width when chunks end early."""
-        if self.boundary.is_fixed:
-            return
-        for processor in processors:
-            name = type(processor).__name__
-            option = processor_traits(processor).reads_width
-            by_prompt_width = name == "RepetitionPenaltyLogitsProcessor" and (
-                getattr(processor, "prompt_ignore_length", None) is not None
-            )
-            if option or by_prompt_width:
-                raise ValueError(
-                    f"{name} ({option or 'repetition_penalty ignoring the prompt'}) reads a "
-                    "row's length from the batch width, which chunks that end at stop strings or tokens make "
-                    "unequal: use a fixed chunk_length with it, or drop it."
-                )
-
-    def _check_model_kwargs(self, model_kwargs: dict, config: GenerationConfig, return_trace: bool) -> None:
-        """Refuse what generate hands the search that it would not apply: inputs other than input_ids, a
-        prefilled cache, a trace with nowhere to go, and generate options of other decoding loops."""
-        name = type(self).__name__
-        if model_kwargs.get("inputs_embeds") is not None:
-            raise ValueError(
-                f"inputs_embeds: {name} needs input_ids (the pair reads the prompts' token ids or text); pass "
-                "input_ids instead."
-            )
-        if model_kwargs.get("token_type_ids") is not None:
-            raise ValueError(
-                f"token_type_ids: {name} does not pass them to the large model (its forwards take the ids, the "
-                "mask and the positions); drop them."
-            )
-        cache = cache_in_forward_kwargs(model_kwargs)
-        held = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-        if held:
-            raise ValueError(
-                f"cache/past_key_values: {name} was given a KV cache that already holds {held} tokens; it prefills "
-                "its own cache from input_ids: drop the cache and pass the whole prompt as input_ids."
-            )
-        if return_trace and not config.return_dict_in_generate:
-            raise ValueError(
-                "return_trace=True needs return_dict_in_generate=True: the trace comes in the output object "
-                "(out.trace)."
-            )
-        refuse_options(config, name, NOT_APPLIED)
-
-    def _check_stop_token_ids(self, model) -> None:
-        """Refuse stop token ids past the large model's table: a chunk could never end at them."""
-        rows = output_rows(model)
-        bad = next((i for i in self.boundary.stop_token_ids if rows is not None and i >= rows), None)
-        if bad is not None:
-            raise ValueError(
-                f"ChunkBoundary's stop_token_ids holds {bad}, outside the large model's {rows} rows: the model never "
-                "samples it. Give ids of the large model's tokenizer (or stop_strings= for text)."
-            )
-
-    def _check_call(self, model, config: GenerationConfig) -> None:
-        if getattr(model.config, "is_encoder_decoder", False):
-            raise ValueError(
-                f"{type(self).__name__} drives decoder-only models; {model.config.model_type} is encoder-decoder."
-            )
-        if not config.do_sample:
-            raise ValueError(
-                f"{type(self).__name__} samples candidate chunks: pass do_sample=True (with temperature/top_k/top_p "
-                "as wished)."
-            )
-        if config.num_beams != 1:
-            raise ValueError(
-                f"num_beams={config.num_beams}: {type(self).__name__} keeps its own beams; set beam_width instead."
-            )
-        if config.num_return_sequences < 1:
-            raise ValueError(
-                f"num_return_sequences={config.num_return_sequences} must be at least 1 (and at most "
-                f"beam_width={self.beam_width})."
-            )
-        if config.num_return_sequences > self.beam_width:
-            raise ValueError(
-                f"num_return_sequences={config.num_return_sequences} exceeds beam_width={self.beam_width}: the search "
-                "keeps only beam_width hypotheses per prompt. Raise beam_width or ask for fewer sequences."
-            )
 
     def _bridge(self, model, tokenizer) -> TextBridge | None:
         """``None`` when the pair reads the large model's token ids directly, else a text bridge."""
@@ -562,30 +474,3 @@ class BestOfN(ChunkBeamSearch):
 
     def __repr__(self) -> str:
         return f"BestOfN(n={self.n}, pair={self.pair!r})"
-
-
-class _Streamer:
-    """Sends a streamer the prefix shared by every surviving hypothesis of the (single) prompt."""
-
-    def __init__(self, streamer) -> None:
-        self.streamer = streamer
-        self.streamed = 0
-
-    def round(self, pool: Pool, live_responses: list[list[int]]) -> None:
-        hyps = [f.response for f in pool.finished] + live_responses
-        if not hyps:
-            return
-        common = min(len(h) for h in hyps)
-        for i in range(common):
-            if any(h[i] != hyps[0][i] for h in hyps):
-                common = i
-                break
-        if common > self.streamed:
-            self.streamer.put(torch.tensor(hyps[0][self.streamed : common]))
-            self.streamed = common
-
-    def end(self, best_response: list[int]) -> None:
-        rest = best_response[self.streamed :]
-        if rest:
-            self.streamer.put(torch.tensor(rest))
-        self.streamer.end()

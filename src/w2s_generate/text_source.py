@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import accumulate
 
+from .boundaries import ChunkBoundary
 from .candidates import CandidateSource, SampledChunks
-from .policies import ChunkBoundary, SearchCost
+from .policies import SearchCost
 from .samplers import Chunk, ChunkSampler
 
 

@@ -27,18 +27,12 @@ def torch_dtype(name: str):
 
 def check_weights_format(path: str, allow_pickle: bool, flag: str) -> None:
     """Refuse a local checkpoint that has only pickle weights, unless ``--allow-pickle``."""
-    folder = Path(path)
-    if allow_pickle or not folder.is_dir():
-        return
-    if any(folder.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
-    if pickles:
-        raise LoadError(
-            f"{flag} {path} has only pickle weights ({', '.join(pickles)}) and no .safetensors: only safetensors "
-            "load by default, since unpickling can run code. Convert it (load it and save_pretrained with "
-            "safe_serialization=True) or pass --allow-pickle if you trust its source."
-        )
+    from ..loading import check_weights_format as check
+
+    try:
+        check(path, allow_pickle, flag, allow_hint="pass --allow-pickle")
+    except OSError as error:
+        raise LoadError(str(error)) from None
 
 
 def check_exists(path: str | None, flag: str) -> None:
@@ -120,7 +114,7 @@ def _check_adapter(path: str, args: argparse.Namespace) -> list[Path | None]:
             "use --tuned T --untuned U"
         )
     check_weights_format(path, args.allow_pickle, "--adapter")
-    from ..pairs import adapter_base_model
+    from ..loading import adapter_base_model
 
     try:
         written = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
@@ -198,37 +192,33 @@ def _load_hint(error: Exception, allow_pickle: bool) -> str:
 
 def load_strong(args: argparse.Namespace):
     """The large model (eval mode) and its tokenizer, set up for left-padded batches."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .._compat import output_rows
+    from ..loading import load_causal_lm, load_tokenizer
 
     check_exists(args.model, "--model")
     check_exists(args.tokenizer, "--tokenizer")
     check_weights_format(args.model, args.allow_pickle, "--model")
-    kwargs: dict[str, Any] = {
-        "use_safetensors": True if not args.allow_pickle else None,
-        "trust_remote_code": args.trust_remote_code,
-        "dtype": torch_dtype(args.dtype),
-    }
-    if args.device_map is not None:
-        kwargs["device_map"] = args.device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
+        model = load_causal_lm(
+            args.model,
+            dtype=torch_dtype(args.dtype),
+            device_map=args.device_map,
+            allow_pickle=args.allow_pickle,
+            trust_remote_code=args.trust_remote_code,
+            role="--model",
+        )
     except Exception as error:  # a broken config or weights file may raise anything
         hint = _load_hint(error, args.allow_pickle)
         raise LoadError(f"could not load --model {args.model}{hint}: {reason(error)}") from error
     source = args.tokenizer or args.model
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+        tokenizer = load_tokenizer(source, trust_remote_code=args.trust_remote_code, left_padded=True)
     except Exception as error:
         raise LoadError(
             f"could not load the large model's tokenizer from {source}: {reason(error)}"
         ) from error
-    from .._compat import output_rows
-
     check_tokenizer_size(tokenizer, output_rows(model), source, "--tokenizer")
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer
+    return model, tokenizer
 
 
 def load_pair(args: argparse.Namespace):

@@ -1,16 +1,14 @@
-"""Where the demo models live on disk, and how a finished training is published atomically."""
+"""Where the demo models live on disk (the cache root and atomic publishing are ``cache_folders``')."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ..cache_folders import CACHE_ENV, cache_root, publish, staging_dir
 
 __all__ = [
     "ADAPTER_DIR",
@@ -28,7 +26,6 @@ __all__ = [
     "staging_dir",
 ]
 
-CACHE_ENV = "W2S_GENERATE_CACHE"
 # The versioned folder name: a change to what is stored gets a new folder rather than a migration.
 CACHE_FORMAT = "demo-v1"
 MANIFEST = "manifest.json"
@@ -49,14 +46,6 @@ REQUIRED_FILES = (
     f"{TOKENIZER_DIR}/tokenizer.json",
     MANIFEST,
 )
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The cache root: ``cache_dir``, else ``$W2S_GENERATE_CACHE``, else ``~/.cache/w2s_generate``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "w2s_generate"
 
 
 def demo_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -85,44 +74,3 @@ def read_manifest(folder: Path, expected: Mapping[str, Any]) -> dict[str, Any] |
     if not isinstance(manifest, dict) or any(manifest.get(k) != v for k, v in expected.items()):
         return None
     return manifest
-
-
-@contextlib.contextmanager
-def staging_dir(root: Path) -> Iterator[Path]:
-    """A fresh hidden folder next to the final one, removed on exit unless it was published.
-
-    It sits in the same parent as the final folder so that publishing is a rename on one
-    filesystem, which is atomic.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_FORMAT}.tmp-", dir=root))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op once published (the folder moved away)
-
-
-def publish(staged: Path, final: Path) -> None:
-    """Move a fully written ``staged`` folder to ``final``, replacing an older ``final``.
-
-    Readers see either the old complete folder or the new complete one (or, for the instant between
-    the two renames of a replacement, none, which reads as "not cached"), never a half-written one.
-    If another process published ``final`` first, that one is kept and ``staged`` is left for the
-    caller's cleanup.
-    """
-    old: Path | None = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
-        os.replace(final, old)
-    try:
-        os.replace(staged, final)
-    except OSError:
-        # A concurrent trainer won the race (rename onto a non-empty folder fails); keep its result.
-        if not final.exists():
-            if old is not None:  # a real failure: put the previous cache back before raising
-                os.replace(old, final)
-                old = None
-            raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
