@@ -77,7 +77,7 @@ class AdapterRecipe:
         seed: sampling and training seed.
     """
 
-    samples_per_opening: int = 8
+    samples_per_opening: int = 16
     max_new_tokens: int = 40
     temperature: float = 1.0
     keep_at_least: float = 0.5
@@ -87,7 +87,7 @@ class AdapterRecipe:
     objective: str = "preference"
     beta: float = 0.5
     reject_at_most: float = 0.0
-    epochs: int = 2
+    epochs: int = 1
     lr: float = 5e-4
     batch_size: int = 8
     seed: int = 0
