@@ -48,13 +48,16 @@ How to run
     python benchmarks/bench_drafting.py --models wide --threads 2 --repeats 5 --quality --prompts 32
     python benchmarks/bench_drafting.py --models wide --threads 2 --chunk --repeats 3 --gammas 2 4 \
         --quality --prompts 4
+    python benchmarks/bench_drafting.py --models wide --threads 2 --chunk --width 2 --successors 2 \
+        --gammas 2 4 --repeats 5
     python benchmarks/bench_drafting.py --models wide --dtype bfloat16       # also on a CPU
     python benchmarks/bench_drafting.py --models wide --device cuda --dtype bfloat16
 
-With ``--chunk``: CBS(W=4, K=4, L=5) against ``ChunkBeamSearch(..., draft_tokens=G)`` for each G (and
-the longest G drafting from the untuned side), wall time per call, large-model forwards per sampled
-token (from ``out.cost``), the share of drafts kept, and with ``--quality`` the gold reward of CBS
-and of the longest G. With L=5 a round drafts at most 4 tokens, so every G >= 4
+With ``--chunk``: CBS(W, K, L) (``--width``, ``--successors``, ``--chunk-length``; default 4, 4, 5)
+against ``ChunkBeamSearch(..., draft_tokens=G)`` for each G (and the longest G drafting from the
+untuned side), wall time per call, large-model forwards per sampled token (from ``out.cost``), the
+share of drafts kept, and with ``--quality`` the gold reward of CBS and of the longest G from either
+side. With L=5 a round drafts at most 4 tokens, so every G >= 4
 drafts whole chunks.
 
 ``--device cuda --dtype bfloat16`` moves every model and input to the GPU and casts the weights
@@ -382,19 +385,21 @@ def chunk_timing(args, m: Models) -> None:
         return_dict_in_generate=True,
     )
     longest = max(args.gammas)
+    shape = (args.width, args.successors, args.chunk_length)
+    label = "W={} K={} L={}".format(*shape)
     print()
-    print(f"chunk-level search W=4 K=4 L=5, {args.new_tokens} new tokens, median of {args.repeats}")
+    print(f"chunk-level search {label}, {args.new_tokens} new tokens, median of {args.repeats}")
     print()
     print("| prompts | variant | s / call | large forwards / candidate token | drafts kept | vs undrafted |")
     print("|---:|---|---:|---:|---:|---:|")
     summary = []
     for batch in args.batches:
         inputs = tok(m.prompts[:batch], return_tensors="pt", padding=True).to(args.device)
-        variants = {"CBS": w2s.ChunkBeamSearch(m.pair, 4, 4, 5)}
+        variants = {"CBS": w2s.ChunkBeamSearch(m.pair, *shape)}
         for gamma in args.gammas:
-            variants[f"drafted, G={gamma}"] = w2s.ChunkBeamSearch(m.pair, 4, 4, 5, draft_tokens=gamma)
+            variants[f"drafted, G={gamma}"] = w2s.ChunkBeamSearch(m.pair, *shape, draft_tokens=gamma)
         variants[f"drafted, G={longest}, from the untuned side"] = w2s.ChunkBeamSearch(
-            m.pair, 4, 4, 5, draft_tokens=longest, draft_from="untuned"
+            m.pair, *shape, draft_tokens=longest, draft_from="untuned"
         )
         seconds = {name: [] for name in variants}
         per_token = {name: [] for name in variants}
@@ -412,9 +417,12 @@ def chunk_timing(args, m: Models) -> None:
                         out = m.strong.generate(**inputs, **kwargs, custom_generate=strategy)
                         synchronize(device)
                         seconds[name].append(time.perf_counter() - start)
-                    # Forwards per token of one candidate: each forward serves all W*K = 16 rows of a prompt.
+                    # Forwards per token of one candidate: each forward serves all W*K rows of a prompt.
                     per_token[name].append(
-                        16 * sum(out.cost.large_forwards) / max(sum(out.cost.large_tokens), 1)
+                        args.width
+                        * args.successors
+                        * sum(out.cost.large_forwards)
+                        / max(sum(out.cost.large_tokens), 1)
                     )
                     kept[name][0] += sum(int(source.drafted) for source in sources)
                     kept[name][1] += sum(int(source.accepted) for source in sources)
@@ -426,20 +434,23 @@ def chunk_timing(args, m: Models) -> None:
                 f"| {batch} | {name} | {median:.2f} | {statistics.mean(per_token[name]):.3f} | {share} | "
                 f"{ratio(seconds[name], seconds['CBS']):.2f}x |"
             )
-        best = min(args.gammas, key=lambda g: ratio(seconds[f"drafted, G={g}"], seconds["CBS"]))
-        summary.append(
-            f"{batch} prompt(s): best drafted (G={best}) {ratio(seconds[f'drafted, G={best}'], seconds['CBS']):.2f}x CBS"
+        best = min(
+            (name for name in variants if name != "CBS"), key=lambda n: ratio(seconds[n], seconds["CBS"])
         )
+        summary.append(f"{batch} prompt(s): best {best} {ratio(seconds[best], seconds['CBS']):.2f}x CBS")
     print()
     for line in summary:
         print(line)
     if not args.quality:
         return
     print()
-    print(f"gold reward of CBS W=4 K=4 L=5 over {args.prompts} prompts, 40 new tokens")
+    print(f"gold reward of CBS {label} over {args.prompts} prompts, 40 new tokens")
     strategies = {
-        "CBS": w2s.ChunkBeamSearch(m.pair, 4, 4, 5),
-        f"drafted, G={longest}": w2s.ChunkBeamSearch(m.pair, 4, 4, 5, draft_tokens=longest),
+        "CBS": w2s.ChunkBeamSearch(m.pair, *shape),
+        f"drafted, G={longest}": w2s.ChunkBeamSearch(m.pair, *shape, draft_tokens=longest),
+        f"drafted, G={longest}, from the untuned side": w2s.ChunkBeamSearch(
+            m.pair, *shape, draft_tokens=longest, draft_from="untuned"
+        ),
     }
     gold_rewards(args, m, strategies, {"return_dict_in_generate": True}, lambda out: out.sequences)
 
@@ -465,6 +476,11 @@ def main(argv: list[str] | None = None) -> None:
         "--seeds", type=int, default=3, help="sampling seeds of the --quality run (0, 1, ...)"
     )
     parser.add_argument("--chunk", action="store_true", help="chunk-level search with and without drafting")
+    parser.add_argument("--width", type=int, default=4, help="--chunk: beams W (default 4)")
+    parser.add_argument(
+        "--successors", type=int, default=4, help="--chunk: successors per beam K (default 4)"
+    )
+    parser.add_argument("--chunk-length", type=int, default=5, help="--chunk: chunk length L (default 5)")
     args = parser.parse_args(argv)
     wide = args.models == "wide"
     args.gammas = args.gammas or ([2, 4, 6, 8] if wide else [2, 4, 8])
