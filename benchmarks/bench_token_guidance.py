@@ -62,6 +62,7 @@ from collections.abc import Callable
 import torch
 from _models import PROMPTS, SIZES, describe, make_model, make_tokenizer, n_params, synchronize
 from peft import LoraConfig, get_peft_model
+from transformers import LogitsProcessorList, MinNewTokensLengthLogitsProcessor
 
 import w2s_generate as w2s
 from w2s_generate._compat import forward_with_cache  # the cache keyword of this transformers
@@ -96,32 +97,59 @@ def pair_forwards(models: list, inputs: dict, new_tokens: int) -> None:
 
 @torch.no_grad()
 def proxy_tuning(
-    base, expert, antiexpert, inputs: dict, new_tokens: int, alpha: float, top_k: int, greedy: bool
+    base,
+    expert,
+    antiexpert,
+    inputs: dict,
+    new_tokens: int,
+    alpha: float,
+    top_k: int,
+    greedy: bool,
+    eos_token_id: int | None = None,
+    pad_token_id: int = 0,
+    logits_processor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Proxy-tuning's decoding loop (Liu et al., 2024, arXiv 2401.08565), re-implemented from its
-    published algorithm: three models, each with its own KV cache, one forward each per step;
-    next-token logits ``base + alpha * (expert - antiexpert)``, then top-k and sampling (or argmax)."""
+    published code (``modeling/dexperts.py``): three models, each with its own KV cache, one forward
+    each per step; next-token logits ``base + alpha * (expert - antiexpert)``, then top-k and sampling
+    (or argmax).
+
+    With ``eos_token_id``, also the published loop's end-of-sequence bookkeeping: rows that wrote it
+    write the pad id from then on, and the loop stops once every row has (one host read a step); with
+    ``logits_processor``, its processors run on the combined logits before top-k, as published.
+    Left out either way: the published loop's ``prepare_inputs_for_generation`` call per model and
+    step, which is transformers-version specific (the caches are driven directly here)."""
     from transformers import DynamicCache
 
     models = [base, expert, antiexpert]
     caches = [DynamicCache(config=m.config) for m in models]
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     step_ids, positions = ids, _positions(mask)
+    unfinished = torch.ones(ids.shape[0], dtype=torch.long, device=ids.device)
+    eos = None if eos_token_id is None else torch.tensor([eos_token_id], device=ids.device)
     for _ in range(new_tokens):
         logits = [
             forward_with_cache(m, step_ids, mask, c, position_ids=positions, logits_to_keep=1).logits[:, -1]
             for m, c in zip(models, caches)
         ]
         scores = logits[0] + alpha * (logits[1] - logits[2])
+        if logits_processor is not None:
+            scores = logits_processor(ids, scores)
         if greedy:
-            token = scores.argmax(-1, keepdim=True)
+            token = scores.argmax(-1)
         else:
             kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, -float("inf"))
-            token = torch.multinomial(torch.softmax(scores, dim=-1), 1)
-        ids = torch.cat([ids, token], dim=1)
-        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-        step_ids, positions = token, mask.sum(-1, keepdim=True) - 1
+            token = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
+        if eos is not None:
+            token = token * unfinished + pad_token_id * (1 - unfinished)
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(token[:, None])], dim=1)
+        step_ids, positions = token[:, None], mask.sum(-1, keepdim=True) - 1
+        if eos is not None:
+            unfinished = unfinished.mul(token.tile(eos.shape[0], 1).ne(eos.unsqueeze(1)).prod(dim=0))
+            if unfinished.max() == 0:
+                break
     return ids
 
 
@@ -210,6 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     if not args.greedy:
         gen_kwargs.update(temperature=1.0, top_k=50)
+    # The same settings for the peer: min_new_tokens through its logits_processor argument.
+    peer_min_new = LogitsProcessorList(
+        [MinNewTokensLengthLogitsProcessor(inputs["input_ids"].shape[1], n, tok.eos_token_id, device=device)]
+    )
 
     variants: dict[str, Callable[[], torch.Tensor | None]] = {
         "plain generate": lambda: strong.generate(**inputs, **gen_kwargs),
@@ -221,6 +253,19 @@ def main(argv: list[str] | None = None) -> None:
             **inputs, **gen_kwargs, custom_generate=w2s.TokenGuidance(two_checkpoints, beta=args.beta)
         ),
         "proxy-tuning loop (peer)": lambda: proxy_tuning(
+            strong,
+            tuned,
+            untuned,
+            inputs,
+            n,
+            args.beta,
+            50,
+            args.greedy,
+            tok.eos_token_id,
+            tok.pad_token_id,
+            peer_min_new,
+        ),
+        "proxy-tuning loop, no EOS": lambda: proxy_tuning(
             strong, tuned, untuned, inputs, n, args.beta, 50, args.greedy
         ),
     }
@@ -279,6 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"floor = plain generate + the pair's own cached forwards: {floor:.2f} ms/token")
     for name in ("guided, two checkpoints", "guided, TokenGuidance"):
         print(f"{name}: x{ms[name] / floor:.3f} of the floor, x{ms[name] / peer:.3f} of proxy-tuning's loop")
+    # Each repeat runs every variant back to back: the median of the per-repeat ratios cancels the
+    # machine's drift between repeats, which the ratio of the medians does not.
+    for peer_name in ("proxy-tuning loop (peer)", "proxy-tuning loop, no EOS"):
+        paired = statistics.median(a / b for a, b in zip(times["guided, TokenGuidance"], times[peer_name]))
+        print(f"guided, TokenGuidance / {peer_name}, median of the {args.repeats} paired runs: x{paired:.3f}")
     print(f"theoretical from parameter counts, 1 + 2*weak/strong: {theory:.2f}")
     print()
 

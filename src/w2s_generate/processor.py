@@ -173,7 +173,7 @@ class WeakToStrongLogitsProcessor(LogitsProcessor):
         """
         strong_rows, weak_rows = logprobs.shape[-1], guidance.shape[-1]
         if (strong_rows, weak_rows) == self._rows_checked and strong_rows == weak_rows:
-            return logprobs + self.beta * guidance  # the common case, checked on the first step
+            return logprobs.add(guidance, alpha=self.beta)  # the common case, checked on the first step
         shared = self.check_rows(strong_rows, weak_rows)
         out = logprobs.clone()
         out[:, :shared] += self.beta * guidance[:, :shared]

@@ -154,6 +154,7 @@ class GuidanceState:
     groups: list[_Group] = field(default_factory=list)
     side_scores: torch.Tensor | None = None  # [S, N] float32
     rows: int = 0
+    _weights: list[float] = field(default_factory=list)  # ``coefficients`` as host numbers
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -174,6 +175,7 @@ class GuidanceState:
         state = cls(
             sides=sides,
             coefficients=torch.tensor(list(coefficients), dtype=torch.float32, device=device),
+            _weights=[float(c) for c in coefficients],
             pad_token_id=pad_token_id,
             rows=len(prompt_ids[0]),
         )
@@ -234,7 +236,17 @@ class GuidanceState:
 
     def next_token_guidance(self) -> torch.Tensor:
         """``[N, V]`` the objective's next-token term: ``sum_s coefficient_s * log p_s(v | row)``."""
-        return torch.einsum("s,snv->nv", self.coefficients, self.next_token_logprobs())
+        # Summed side by side with the coefficients as numbers: no stacked copy of the sides' tables.
+        weights = self._weights
+        total: torch.Tensor | None = None
+        for group in self.groups:
+            per_side = group.last_logp.view(len(group.side_indices), self.rows, -1)
+            for k, side_index in enumerate(group.side_indices):
+                if total is None:
+                    total = per_side[k] * weights[side_index]
+                else:
+                    total = total.add(per_side[k], alpha=weights[side_index])
+        return total  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ updates
     def select(self, index: torch.Tensor) -> None:
@@ -275,7 +287,7 @@ class GuidanceState:
         tokens = tokens.to(self.side_scores.device, torch.long)
         for group in self.groups:
             n_sides = len(group.side_indices)
-            ids = tokens.repeat(n_sides)[:, None]  # [S_g*N, 1]
+            ids = tokens.repeat(n_sides)[:, None]  # [S_g*N, 1], a copy: the caller may write on tokens later
             token_logp = group.last_logp.gather(-1, ids)  # [S_g*N, 1]
             live = None if active is None else active.to(ids.device).bool().repeat(n_sides)[:, None]
             if live is not None:
