@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 
 import pytest
 import torch
@@ -120,3 +121,10 @@ def pair(family, tokenizer):
     return w2s.WeakPair(
         make_model(family, len(tokenizer), 11), make_model(family, len(tokenizer), 12), tokenizer
     )
+
+
+def default_sigint() -> None:
+    """In a child process: Ctrl-C's default disposition. A shell starts a background job with SIGINT
+    ignored, and a program started so keeps ignoring it (as it should): a test that sends SIGINT to
+    the CLI must not hand that on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
+from conftest import default_sigint, make_model, make_tokenizer
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -520,6 +520,7 @@ def test_ctrl_c_says_one_line_and_a_rerun_resumes(models, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 120
     while (not out.exists() or out.read_text().count("\n") < 2) and time.monotonic() < deadline:

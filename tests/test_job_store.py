@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_model, make_tokenizer
+from conftest import default_sigint, make_model, make_tokenizer
 
 from w2s_generate import cli
 from w2s_generate.cli import job_store
@@ -73,13 +73,19 @@ def ids_in(path: Path) -> list:
 
 def cli_process(args: list[str], limits=None, **popen) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def child_setup() -> None:
+        default_sigint()
+        if limits is not None:
+            limits()
+
     return subprocess.Popen(
         [sys.executable, "-m", "w2s_generate.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        preexec_fn=limits,
+        preexec_fn=child_setup,
         **popen,
     )
 
