@@ -13,6 +13,11 @@ three ways:
    plus a LoRA adapter (``init_lora_weights=False``, so the adapter is not a no-op); both sides run in
    one mixed-batch forward.
 
+Beside them: ``TokenGuidance`` (the strategy spelling), the pair's own cached forwards (with plain
+``generate``, the floor), and proxy-tuning's loop, the peer (see ``proxy_tuning``), as published
+(end-of-sequence bookkeeping, ``min_new_tokens`` through its processors) and bare ("no EOS"). Besides
+the ratio of the medians, ``TokenGuidance``'s median per-repeat ratio to each peer row is printed.
+
 The strong model has about 10x the parameters of one weak model. The exact counts are printed, with
 the ratio a pure parameter-count (FLOP) model predicts for guided/plain: ``1 + 2 * weak / strong``
 (each step runs the strong model once and the weak model on twice the rows). The measured ratio also

@@ -15,7 +15,7 @@ vocabularies). No prefix is ever encoded twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -154,7 +154,11 @@ class GuidanceState:
     groups: list[_Group] = field(default_factory=list)
     side_scores: torch.Tensor | None = None  # [S, N] float32
     rows: int = 0
-    _weights: list[float] = field(default_factory=list)  # ``coefficients`` as host numbers
+    _weights: list[float] = field(init=False, repr=False)  # ``coefficients`` as host numbers
+
+    def __post_init__(self) -> None:
+        # Read once here so that no decoding step reads the coefficients back from the device.
+        self._weights = [float(c) for c in self.coefficients.tolist()]
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -175,7 +179,6 @@ class GuidanceState:
         state = cls(
             sides=sides,
             coefficients=torch.tensor(list(coefficients), dtype=torch.float32, device=device),
-            _weights=[float(c) for c in coefficients],
             pad_token_id=pad_token_id,
             rows=len(prompt_ids[0]),
         )
@@ -225,27 +228,26 @@ class GuidanceState:
         """``[N]`` the objective of each row: ``sum_s coefficient_s * log p_s(response | prompt)``."""
         return self.coefficients @ self.side_scores
 
+    def _next_token_tables(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(side index, [N, V] log-probabilities of the next token)`` for every side, as views."""
+        for group in self.groups:
+            per_side = group.last_logp.view(len(group.side_indices), self.rows, -1)
+            yield from zip(group.side_indices, per_side)
+
     def next_token_logprobs(self) -> torch.Tensor:
         """``[S, N, V]`` each side's log-probabilities of the next token of every row."""
         out: list[torch.Tensor | None] = [None] * len(self.sides)
-        for group in self.groups:
-            per_side = group.last_logp.view(len(group.side_indices), self.rows, -1)
-            for k, side_index in enumerate(group.side_indices):
-                out[side_index] = per_side[k]
+        for side_index, table in self._next_token_tables():
+            out[side_index] = table
         return torch.stack(out)  # type: ignore[arg-type]
 
     def next_token_guidance(self) -> torch.Tensor:
         """``[N, V]`` the objective's next-token term: ``sum_s coefficient_s * log p_s(v | row)``."""
         # Summed side by side with the coefficients as numbers: no stacked copy of the sides' tables.
-        weights = self._weights
         total: torch.Tensor | None = None
-        for group in self.groups:
-            per_side = group.last_logp.view(len(group.side_indices), self.rows, -1)
-            for k, side_index in enumerate(group.side_indices):
-                if total is None:
-                    total = per_side[k] * weights[side_index]
-                else:
-                    total = total.add(per_side[k], alpha=weights[side_index])
+        for side_index, table in self._next_token_tables():
+            weight = self._weights[side_index]
+            total = table * weight if total is None else total.add(table, alpha=weight)
         return total  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ updates
