@@ -53,7 +53,16 @@ def make_tokenizer(vocab_size: int = 320, seed_text: str = "", bos: bool = False
     return fast
 
 
-def make_model(family: str, vocab: int, seed: int, width: int = 32, layers: int = 2, extra_rows: int = 0):
+def make_model(
+    family: str,
+    vocab: int,
+    seed: int,
+    width: int = 32,
+    layers: int = 2,
+    extra_rows: int = 0,
+    attention: str | None = None,
+):
+    """A tiny random model; ``attention`` picks the attention implementation (default transformers')."""
     torch.manual_seed(seed)
     if family == "gpt2":
         config = GPT2Config(
@@ -83,6 +92,8 @@ def make_model(family: str, vocab: int, seed: int, width: int = 32, layers: int 
         model = LlamaForCausalLM(config)
     else:  # pragma: no cover
         raise ValueError(family)
+    if attention is not None:
+        model.set_attn_implementation(attention)
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = 2
     return model.eval()

@@ -14,6 +14,7 @@ from w2s_generate._compat import (
     cache_keyword,
     eos_token_ids,
     forward_with_cache,
+    one_token_mask_kind,
     pad_token_id,
     processor_traits,
     token_id_list,
@@ -84,3 +85,22 @@ def test_processor_traits_come_from_one_table():
     assert processor_traits(MinNewTokensLengthLogitsProcessor(1, 2, 0)).reads_width == "min_new_tokens"
     mine = processor_traits(TemperatureLike())
     assert not mine.scores_only and not mine.trailing and mine.rows == "as is"
+
+
+def test_a_one_token_mask_is_made_only_where_transformers_would_make_the_same():
+    """sdpa and eager models built with ``masking_utils`` get a ready-made one-token mask; flex
+    attention, a sliding window and a model class whose module builds its mask otherwise do not."""
+    from transformers import LlamaForCausalLM
+
+    assert one_token_mask_kind(make_model("gpt2", 320, 0, attention="sdpa"), None) == "bool"
+    assert one_token_mask_kind(make_model("llama", 320, 0, attention="eager"), None) == "additive"
+    assert one_token_mask_kind(make_model("llama", 320, 0), sliding_window=16) is None
+    flex = make_model("llama", 320, 0)
+    flex.config._attn_implementation = "flex_attention"  # what set_attn_implementation records
+    assert one_token_mask_kind(flex, None) is None
+
+    class OwnMasks(LlamaForCausalLM):  # defined in a module that has no create_causal_mask
+        pass
+
+    own = OwnMasks(make_model("llama", 320, 0).config)
+    assert one_token_mask_kind(own, None) is None

@@ -148,12 +148,22 @@ def naive_objective(pair: w2s.WeakPair, prompt: list[int], response: list[int]) 
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(family=st.sampled_from(["gpt2", "llama"]), seed=st.integers(0, 1000), data=st.data())
-def test_property_sequences_of_operations_match_one_shot_scoring(tokenizer, family, seed, data):
+@given(
+    family=st.sampled_from(["gpt2", "llama"]),
+    attention=st.sampled_from(["sdpa", "eager"]),
+    seed=st.integers(0, 1000),
+    data=st.data(),
+)
+def test_property_sequences_of_operations_match_one_shot_scoring(tokenizer, family, attention, seed, data):
     """Random sequences of extend / step / select (with duplicates) / replace_tail (retractions of
-    overlapping depth, several in a row) against a naive one-shot score of every row after every operation."""
+    overlapping depth, several in a row) against a naive one-shot score of every row after every operation,
+    under both attention implementations whose one-token masks the state makes itself."""
     vocab = len(tokenizer)
-    pair = w2s.WeakPair(make_model(family, vocab, seed), make_model(family, vocab, seed + 1), tokenizer)
+    pair = w2s.WeakPair(
+        make_model(family, vocab, seed, attention=attention),
+        make_model(family, vocab, seed + 1, attention=attention),
+        tokenizer,
+    )
     token = st.integers(3, vocab - 1)
     n = data.draw(st.integers(1, 3), label="rows")
     prompts = [data.draw(st.lists(token, min_size=1, max_size=5), label="prompt") for _ in range(n)]
@@ -273,3 +283,41 @@ def test_a_masked_step_leaves_a_row_as_it_was(pair):
     state.step(torch.tensor([31, 41]))
     fresh = pair.score(PROMPTS[:2], [[17, 31], [41]])
     torch.testing.assert_close(state.scores, fresh, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_steps_from_left_padded_prompts_equal_one_shot_scoring(tokenizer, family, attention):
+    """``step`` makes its one-token attention mask itself: from prompts of unequal lengths (left
+    padding in the cache), a masked step (a gap) and later steps, every row's score and next-token
+    distribution equal an uncached forward over the row's own tokens."""
+    vocab = len(tokenizer)
+    pair = w2s.WeakPair(
+        make_model(family, vocab, 3, attention=attention),
+        make_model(family, vocab, 4, attention=attention),
+        tokenizer,
+    )
+    prompts = [[5, 6, 7, 8, 9, 10], [11], [12, 13, 14]]
+    state = pair.start(prompts)
+    assert {group.one_token_mask_kind for group in state.groups} == {"sdpa": {"bool"}, "eager": {"additive"}}[
+        attention
+    ]
+    steps = [([15, 16, 17], None), ([18, 19, 20], [True, False, True]), ([21, 22, 23], None)]
+    responses: list[list[int]] = [[], [], []]
+    for tokens, active in steps:
+        state.step(torch.tensor(tokens), None if active is None else torch.tensor(active))
+        responses = [
+            r + [t] if active is None or active[i] else r for i, (r, t) in enumerate(zip(responses, tokens))
+        ]
+    want = torch.tensor([naive_objective(pair, p, r) for p, r in zip(prompts, responses)])
+    torch.testing.assert_close(state.scores, want, atol=1e-4, rtol=1e-4)
+    for side_index, side in enumerate(pair.sides):
+        for row, (prompt, response) in enumerate(zip(prompts, responses)):
+            with torch.no_grad():
+                logits = side.model(torch.tensor([prompt + response])).logits[0, -1]
+            torch.testing.assert_close(
+                state.next_token_logprobs()[side_index, row],
+                torch.log_softmax(logits, -1),
+                atol=1e-4,
+                rtol=1e-4,
+            )

@@ -102,6 +102,47 @@ def forward_with_cache(
     return model(**kwargs)
 
 
+@functools.cache
+def _builds_masks_with_masking_utils(model_class: type) -> bool:
+    import sys
+
+    from transformers import masking_utils
+
+    module = sys.modules.get(model_class.__module__)
+    return getattr(module, "create_causal_mask", None) is masking_utils.create_causal_mask
+
+
+def one_token_mask_kind(model: torch.nn.Module, sliding_window: int | None) -> str | None:
+    """How a one-token step of ``model`` can take its attention mask ready-made, or ``None``.
+
+    transformers builds each forward's 4-D mask from the 2-D one in ``masking_utils`` (about 0.3 ms
+    of Python a call on a CPU), and passes a 4-D mask through as it is. For one new token behind a
+    cache, that mask is the 2-D one with two unit dimensions: every cached token precedes the new
+    one, so causality removes nothing and only padding (or retracted tokens) is masked. Returns
+    ``"bool"`` (sdpa: True attends), ``"additive"`` (eager: 0 or the dtype's minimum), or ``None``
+    where the model builds something else (flash or flex attention, sliding windows, a model that
+    does not build its mask with ``masking_utils.create_causal_mask``). Can go if transformers
+    makes its own one-token mask cheap.
+    """
+    if sliding_window is not None:
+        return None
+    model = base_model(model)
+    if not _builds_masks_with_masking_utils(type(model)):
+        return None
+    attention = getattr(model.config, "_attn_implementation", None)
+    return {"sdpa": "bool", "eager": "additive"}.get(attention)
+
+
+def one_token_mask(mask: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
+    """``[R, K]`` 0/1 -> the ``[R, 1, 1, K]`` mask of a one-token step (see ``one_token_mask_kind``)."""
+    attends = mask[:, None, None, :].bool()
+    if kind == "bool":
+        return attends
+    return torch.zeros(attends.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~attends, torch.finfo(dtype).min
+    )
+
+
 def token_id_list(value) -> list[int]:
     """A token-id setting as generate takes it (None, an int, a list or a tensor) as a list of ints."""
     if value is None:

@@ -28,6 +28,8 @@ from ._compat import (
     guarded_mixed_adapter_forward,
     learned_position_limit,
     new_cache,
+    one_token_mask,
+    one_token_mask_kind,
     select_cache_rows,
 )
 
@@ -71,6 +73,8 @@ class _Group:
     keeps_logits: bool
     max_positions: int | None
     sliding_window: int | None = None
+    one_token_mask_kind: str | None = None  # a one-token step's mask made here (see _compat), or None
+    dtype: torch.dtype = torch.float32  # the model's (an additive mask's dtype)
     side_rows: torch.Tensor | None = None  # [S_g] which sides this group holds
     longest: int = 0  # at least the most attended tokens in any row (a bound, counted when it matters)
     attended: torch.Tensor | None = None  # [S_g*N, 1] attended tokens per row (None: count again)
@@ -195,6 +199,8 @@ class GuidanceState:
                     max_positions=learned_position_limit(side.model),
                     sliding_window=_sliding_window(side.model),
                 )
+                group.one_token_mask_kind = one_token_mask_kind(side.model, group.sliding_window)
+                group.dtype = base_model(side.model).dtype
                 by_model[id(side.model)] = group
                 state.groups.append(group)
             group.side_indices.append(index)
@@ -518,6 +524,10 @@ class GuidanceState:
             self._check_window(group, mask)
         if group.uses_position_ids and positions is None:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
+        if width == 1 and group.one_token_mask_kind is not None:
+            # One token behind the cache: the model's 4-D mask is the 2-D one reshaped, made here
+            # in one operation instead of by transformers' mask builder at every step.
+            mask = one_token_mask(mask, group.one_token_mask_kind, group.dtype)
         kwargs: dict = {
             "position_ids": positions if group.uses_position_ids else None,
             "logits_to_keep": 1 if last_only and group.keeps_logits else None,
