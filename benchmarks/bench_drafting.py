@@ -226,19 +226,24 @@ def run(m: Models, inputs, kwargs, strategy, seed: int) -> Run:
     )
 
 
-def run_peer(m: Models, inputs, like: Run, alpha: float, seed: int) -> Run:
+def run_peer(m: Models, inputs, like: Run, alpha: float, seed: int, temperature: float) -> Run:
     """Proxy-tuning's loop for as many steps as the run ``like`` took, credited with its tokens.
 
     The loop has no end-of-sequence check: running it for the steps token guidance took in the same
-    repeat (prefill included) makes the two loops' work equal, and their times comparable.
+    repeat (prefill included) makes the two loops' work equal, and their times comparable. It samples
+    at the same temperature, through its processors as the published loop takes them.
     """
     from bench_token_guidance import proxy_tuning
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper
 
     device = inputs["input_ids"].device
     torch.manual_seed(seed)
     synchronize(device)
     start = time.perf_counter()
-    proxy_tuning(m.strong, m.expert, m.antiexpert, inputs, like.steps, alpha, 50, greedy=False)
+    warper = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    proxy_tuning(
+        m.strong, m.expert, m.antiexpert, inputs, like.steps, alpha, 50, greedy=False, logits_processor=warper
+    )
     synchronize(device)
     return Run(time.perf_counter() - start, like.tokens, like.steps, like.steps)
 
@@ -279,7 +284,9 @@ def timing(args, m: Models) -> None:
                 for name, strategy in variants.items():
                     seed = max(repeat, 0)
                     if isinstance(strategy, ProxyTuningLoop):
-                        latest[name] = run_peer(m, inputs, latest["token guidance"], strategy.alpha, seed)
+                        latest[name] = run_peer(
+                            m, inputs, latest["token guidance"], strategy.alpha, seed, kwargs["temperature"]
+                        )
                     else:
                         latest[name] = run(m, inputs, kwargs, strategy, seed)
                     if repeat >= 0:
