@@ -321,3 +321,32 @@ def test_steps_from_left_padded_prompts_equal_one_shot_scoring(tokenizer, family
                 atol=1e-4,
                 rtol=1e-4,
             )
+
+
+def test_a_model_that_reads_the_2d_mask_itself_steps_exactly(tokenizer):
+    """Bloom builds its ALiBi biases from the 2-D attention mask as well as its attention mask: it keeps
+    transformers' mask builder, and its steps from left-padded prompts equal uncached forwards."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    def bloom(seed: int) -> BloomForCausalLM:
+        torch.manual_seed(seed)
+        config = BloomConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            n_layer=2,
+            n_head=2,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+        return BloomForCausalLM(config).eval()
+
+    pair = w2s.WeakPair(bloom(1), bloom(2), tokenizer)
+    prompts = [[5, 6, 7, 8, 9, 10], [11], [12, 13, 14]]
+    state = pair.start(prompts)
+    assert [group.one_token_mask_kind for group in state.groups] == [None, None]
+    for tokens in ([15, 16, 17], [18, 19, 20]):
+        state.step(torch.tensor(tokens))
+    responses = [[15, 18], [16, 19], [17, 20]]
+    want = torch.tensor([naive_objective(pair, p, r) for p, r in zip(prompts, responses)])
+    torch.testing.assert_close(state.scores, want, atol=1e-4, rtol=1e-4)

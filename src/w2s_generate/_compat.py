@@ -102,6 +102,31 @@ def forward_with_cache(
     return model(**kwargs)
 
 
+#: Model types whose forward reads the attention mask only to build the attention's own mask with
+#: ``masking_utils.create_causal_mask`` (transformers 5.6-5.25). Others also read the 2-D mask
+#: themselves: Bloom, MPT and Falcon build ALiBi biases from it, OPT counts positions from it, vision
+#: models their rope indices. Those keep transformers' mask builder.
+ONE_TOKEN_MASK_MODEL_TYPES = frozenset(
+    {
+        "cohere",
+        "gemma",
+        "gpt2",
+        "gpt_neox",
+        "granite",
+        "llama",
+        "mistral",
+        "olmo2",
+        "phi",
+        "phi3",
+        "qwen2",
+        "qwen3",
+        "smollm3",
+        "stablelm",
+        "starcoder2",
+    }
+)
+
+
 @functools.cache
 def _builds_masks_with_masking_utils(model_class: type) -> bool:
     import sys
@@ -120,13 +145,16 @@ def one_token_mask_kind(model: torch.nn.Module, sliding_window: int | None) -> s
     cache, that mask is the 2-D one with two unit dimensions: every cached token precedes the new
     one, so causality removes nothing and only padding (or retracted tokens) is masked. Returns
     ``"bool"`` (sdpa: True attends), ``"additive"`` (eager: 0 or the dtype's minimum), or ``None``
-    where the model builds something else (flash or flex attention, sliding windows, a model that
-    does not build its mask with ``masking_utils.create_causal_mask``). Can go if transformers
+    where the model needs something else: flash or flex attention, a sliding window, a model type
+    not in ``ONE_TOKEN_MASK_MODEL_TYPES`` (it reads the 2-D mask itself), or a class whose module
+    does not build its mask with ``masking_utils.create_causal_mask``. Can go if transformers
     makes its own one-token mask cheap.
     """
     if sliding_window is not None:
         return None
     model = base_model(model)
+    if getattr(model.config, "model_type", None) not in ONE_TOKEN_MASK_MODEL_TYPES:
+        return None
     if not _builds_masks_with_masking_utils(type(model)):
         return None
     attention = getattr(model.config, "_attn_implementation", None)
