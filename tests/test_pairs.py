@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import make_model
 from peft import LoraConfig, get_peft_model
+from peft.tuners.lora.layer import LoraLayer
 from transformers import AutoModelForCausalLM
 
 import w2s_generate as w2s
@@ -45,6 +46,23 @@ def test_lora_pair_runs_one_forward_per_step(family, tokenizer):
     finally:
         hook.remove()
     assert len(calls) == 2 and calls[0][0] == 4, "tuned and untuned rows stacked in one batch"
+
+
+def test_mixed_adapter_routing_found_once_equals_peft_routing_itself(family, tokenizer):
+    """The LoRA layers that route each row's adapter are found once per state (peft would walk the
+    model at every forward); stepping with them gives exactly what peft's own routing gives."""
+    peft_model = lora(family, tokenizer)
+    pair = w2s.WeakPair.from_peft(peft_model, tokenizer)
+    routed, by_peft = pair.start(PROMPTS), pair.start(PROMPTS)
+    (group,) = routed.groups
+    assert group.adapter_routing and all(isinstance(m, LoraLayer) for m in group.adapter_routing)
+    by_peft.groups[0].adapter_routing = None  # peft's adapter_names path
+    for token in (17, 23, 31):
+        for state in (routed, by_peft):
+            state.step(torch.full((len(PROMPTS),), token))
+    assert torch.equal(routed.next_token_logprobs(), by_peft.next_token_logprobs())
+    assert torch.equal(routed.scores, by_peft.scores)
+    assert not any(m._forward_pre_hooks for m in peft_model.modules()), "no routing hook left behind"
 
 
 def test_failed_mixed_forward_leaves_no_hooks(family, tokenizer):

@@ -282,21 +282,69 @@ def _forward_lock(model: torch.nn.Module) -> threading.RLock:
         return lock
 
 
-@contextlib.contextmanager
-def guarded_mixed_adapter_forward(model: torch.nn.Module) -> Iterator[None]:
-    """Run a forward with ``adapter_names=``: one at a time per model, no peft hooks left if it raises.
+def adapter_routing_modules(model: torch.nn.Module, adapter_names: list[str]) -> list[torch.nn.Module] | None:
+    """The modules through which peft routes a mixed-adapter batch, found once; ``None``: let peft route.
 
-    peft passes ``adapter_names`` to the LoRA layers through pre-forward hooks registered on the
-    model's shared modules for the length of the forward (peft 0.21), so two such forwards of one
-    model from two threads would read each other's adapter lists. Can go once peft passes them
-    another way.
+    For every forward with ``adapter_names=``, peft walks all of the model's modules twice (to check
+    the names, then to attach a pre-forward hook to each LoRA layer and auxiliary wrapper such as
+    ``modules_to_save``) and removes the hooks after: about 0.5 ms a forward on a 185-module model,
+    a sixth of a one-token step. Found once here, the same hooks go on the same modules without the
+    walks (``guarded_mixed_adapter_forward``). ``None`` where peft's own checks must speak (a name no
+    LoRA layer knows, training mode) or where this peft lays its layers out otherwise (peft 0.18-0.21
+    route through ``LoraLayer`` and ``AuxiliaryTrainingWrapper``). Can go once peft passes
+    ``adapter_names`` without walking the model.
+    """
+    try:
+        from peft.tuners.lora.layer import LoraLayer
+        from peft.utils import AuxiliaryTrainingWrapper
+    except ImportError:  # pragma: no cover - a peft without this layout routes itself
+        return None
+    if model.training:
+        return None
+    modules = [m for m in model.modules() if isinstance(m, (LoraLayer, AuxiliaryTrainingWrapper))]
+    known: set[str] = set()
+    for module in modules:
+        if isinstance(module, LoraLayer):
+            known |= set(module.lora_A.keys()) | set(module.lora_embedding_A.keys())
+    if not known or {name for name in adapter_names if name != "__base__"} - known:
+        return None
+    return modules
+
+
+def _route_adapter_names(module, args, kwargs, adapter_names):
+    kwargs["adapter_names"] = adapter_names  # what peft's own pre-forward hook does
+    return args, kwargs
+
+
+@contextlib.contextmanager
+def guarded_mixed_adapter_forward(
+    model: torch.nn.Module, adapter_names: list[str], routing: list[torch.nn.Module] | None = None
+) -> Iterator[dict]:
+    """Run a forward with one adapter per row: one at a time per model, no hooks left after it.
+
+    Yields the keyword arguments the forward takes besides its own: none when the hooks go on the
+    ``routing`` modules (from ``adapter_routing_modules``) here, ``adapter_names`` when peft routes
+    itself. Either way the adapter names reach the LoRA layers through pre-forward hooks on the
+    model's shared modules for the length of the forward, so two such forwards of one model from
+    two threads would read each other's lists: hence the lock. peft removes its hooks without
+    ``try/finally`` (0.21); if its forward raises, the leftovers are removed here. Can go once peft
+    passes adapter names another way.
     """
     with _forward_lock(model):
+        if routing is None or model.training:
+            try:
+                yield {"adapter_names": adapter_names}
+            except BaseException:
+                _remove_leftover_adapter_hooks(model)
+                raise
+            return
+        route = functools.partial(_route_adapter_names, adapter_names=adapter_names)
+        handles = [module.register_forward_pre_hook(route, with_kwargs=True) for module in routing]
         try:
-            yield
-        except BaseException:
-            _remove_leftover_adapter_hooks(model)
-            raise
+            yield {}
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ import torch
 from ._compat import (
     accepts_logits_to_keep,
     accepts_position_ids,
+    adapter_routing_modules,
     base_model,
     forward_with_cache,
     guarded_mixed_adapter_forward,
@@ -75,6 +76,7 @@ class _Group:
     sliding_window: int | None = None
     one_token_mask_kind: str | None = None  # a one-token step's mask made here (see _compat), or None
     dtype: torch.dtype = torch.float32  # the model's (an additive mask's dtype)
+    adapter_routing: list | None = None  # the peft modules that route adapter_names (see _compat)
     side_rows: torch.Tensor | None = None  # [S_g] which sides this group holds
     longest: int = 0  # at least the most attended tokens in any row (a bound, counted when it matters)
     attended: torch.Tensor | None = None  # [S_g*N, 1] attended tokens per row (None: count again)
@@ -213,6 +215,7 @@ class GuidanceState:
                         f"got adapter names {names}."
                     )
                 group.adapter_names = [n for n in names for _ in range(state.rows)]
+                group.adapter_routing = adapter_routing_modules(group.model, names)
             rows = [list(p) for i in group.side_indices for p in prompt_ids[i]]
             if any(len(r) == 0 for r in rows):
                 raise ValueError("A prompt encodes to zero tokens on the weak side; give a non-empty prompt.")
@@ -533,8 +536,8 @@ class GuidanceState:
             "logits_to_keep": 1 if last_only and group.keeps_logits else None,
         }
         if group.adapter_names is not None:
-            with guarded_mixed_adapter_forward(group.model):
-                return forward_with_cache(
-                    group.model, ids, mask, group.cache, adapter_names=group.adapter_names, **kwargs
-                ).logits
+            with guarded_mixed_adapter_forward(
+                group.model, group.adapter_names, group.adapter_routing
+            ) as extra:
+                return forward_with_cache(group.model, ids, mask, group.cache, **extra, **kwargs).logits
         return forward_with_cache(group.model, ids, mask, group.cache, **kwargs).logits
