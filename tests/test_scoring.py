@@ -285,34 +285,24 @@ def test_a_masked_step_leaves_a_row_as_it_was(pair):
     torch.testing.assert_close(state.scores, fresh, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_steps_from_left_padded_prompts_equal_one_shot_scoring(tokenizer, family, attention):
-    """``step`` makes its one-token attention mask itself: from prompts of unequal lengths (left
-    padding in the cache), a masked step (a gap) and later steps, every row's score and next-token
-    distribution equal an uncached forward over the row's own tokens."""
-    vocab = len(tokenizer)
-    pair = w2s.WeakPair(
-        make_model(family, vocab, 3, attention=attention),
-        make_model(family, vocab, 4, attention=attention),
-        tokenizer,
-    )
-    prompts = [[5, 6, 7, 8, 9, 10], [11], [12, 13, 14]]
-    state = pair.start(prompts)
-    assert {group.one_token_mask_kind for group in state.groups} == {"sdpa": {"bool"}, "eager": {"additive"}}[
-        attention
-    ]
-    steps = [([15, 16, 17], None), ([18, 19, 20], [True, False, True]), ([21, 22, 23], None)]
-    responses: list[list[int]] = [[], [], []]
-    for tokens, active in steps:
+#: Prompts of unequal lengths (left padding in the cache), then steps with a masked one in between (a gap).
+PADDED_PROMPTS = [[5, 6, 7, 8, 9, 10], [11], [12, 13, 14]]
+STEPS_WITH_A_GAP = [([15, 16, 17], None), ([18, 19, 20], [True, False, True]), ([21, 22, 23], None)]
+
+
+def assert_steps_equal_uncached_forwards(pair: w2s.WeakPair, state: w2s.GuidanceState) -> None:
+    """Step ``state`` (started on ``PADDED_PROMPTS``) through ``STEPS_WITH_A_GAP``; every row's score and
+    next-token distribution must equal an uncached forward over the row's own tokens."""
+    responses: list[list[int]] = [[] for _ in PADDED_PROMPTS]
+    for tokens, active in STEPS_WITH_A_GAP:
         state.step(torch.tensor(tokens), None if active is None else torch.tensor(active))
         responses = [
             r + [t] if active is None or active[i] else r for i, (r, t) in enumerate(zip(responses, tokens))
         ]
-    want = torch.tensor([naive_objective(pair, p, r) for p, r in zip(prompts, responses)])
+    want = torch.tensor([naive_objective(pair, p, r) for p, r in zip(PADDED_PROMPTS, responses)])
     torch.testing.assert_close(state.scores, want, atol=1e-4, rtol=1e-4)
     for side_index, side in enumerate(pair.sides):
-        for row, (prompt, response) in enumerate(zip(prompts, responses)):
+        for row, (prompt, response) in enumerate(zip(PADDED_PROMPTS, responses)):
             with torch.no_grad():
                 logits = side.model(torch.tensor([prompt + response])).logits[0, -1]
             torch.testing.assert_close(
@@ -323,6 +313,24 @@ def test_steps_from_left_padded_prompts_equal_one_shot_scoring(tokenizer, family
             )
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_steps_from_left_padded_prompts_equal_one_shot_scoring(tokenizer, family, attention):
+    """``step`` makes its one-token attention mask itself: from left-padded prompts, a masked step and
+    later steps, every row equals an uncached forward."""
+    vocab = len(tokenizer)
+    pair = w2s.WeakPair(
+        make_model(family, vocab, 3, attention=attention),
+        make_model(family, vocab, 4, attention=attention),
+        tokenizer,
+    )
+    state = pair.start(PADDED_PROMPTS)
+    assert {group.one_token_mask_kind for group in state.groups} == {"sdpa": {"bool"}, "eager": {"additive"}}[
+        attention
+    ]
+    assert_steps_equal_uncached_forwards(pair, state)
+
+
 def test_a_model_that_reads_the_2d_mask_itself_steps_exactly(tokenizer):
     """Bloom builds its ALiBi biases from the 2-D attention mask as well as its attention mask: it keeps
     transformers' mask builder, and its steps from left-padded prompts equal uncached forwards."""
@@ -331,22 +339,11 @@ def test_a_model_that_reads_the_2d_mask_itself_steps_exactly(tokenizer):
     def bloom(seed: int) -> BloomForCausalLM:
         torch.manual_seed(seed)
         config = BloomConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            n_layer=2,
-            n_head=2,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
+            vocab_size=len(tokenizer), hidden_size=32, n_layer=2, n_head=2, pad_token_id=0, eos_token_id=2
         )
         return BloomForCausalLM(config).eval()
 
     pair = w2s.WeakPair(bloom(1), bloom(2), tokenizer)
-    prompts = [[5, 6, 7, 8, 9, 10], [11], [12, 13, 14]]
-    state = pair.start(prompts)
+    state = pair.start(PADDED_PROMPTS)
     assert [group.one_token_mask_kind for group in state.groups] == [None, None]
-    for tokens in ([15, 16, 17], [18, 19, 20]):
-        state.step(torch.tensor(tokens))
-    responses = [[15, 18], [16, 19], [17, 20]]
-    want = torch.tensor([naive_objective(pair, p, r) for p, r in zip(prompts, responses)])
-    torch.testing.assert_close(state.scores, want, atol=1e-4, rtol=1e-4)
+    assert_steps_equal_uncached_forwards(pair, state)

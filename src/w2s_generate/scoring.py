@@ -192,6 +192,7 @@ class GuidanceState:
         for index, side in enumerate(sides):
             group = by_model.get(id(side.model))
             if group is None:
+                window = _sliding_window(side.model)
                 group = _Group(
                     model=side.model,
                     side_indices=[],
@@ -199,10 +200,10 @@ class GuidanceState:
                     uses_position_ids=accepts_position_ids(base_model(side.model)),
                     keeps_logits=accepts_logits_to_keep(base_model(side.model)),
                     max_positions=learned_position_limit(side.model),
-                    sliding_window=_sliding_window(side.model),
+                    sliding_window=window,
+                    one_token_mask_kind=one_token_mask_kind(side.model, window),
+                    dtype=base_model(side.model).dtype,
                 )
-                group.one_token_mask_kind = one_token_mask_kind(side.model, group.sliding_window)
-                group.dtype = base_model(side.model).dtype
                 by_model[id(side.model)] = group
                 state.groups.append(group)
             group.side_indices.append(index)
