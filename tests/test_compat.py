@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
 import torch
 from conftest import make_model
-from transformers import DynamicCache, GenerationConfig
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    MinLengthLogitsProcessor,
+    MinNewTokensLengthLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from w2s_generate._compat import (
+    ProcessorChain,
     cache_in_forward_kwargs,
     cache_keyword,
     eos_token_ids,
@@ -104,3 +121,108 @@ def test_a_one_token_mask_is_made_only_where_transformers_would_make_the_same():
 
     own = OwnMasks(make_model("llama", 320, 0).config)
     assert one_token_mask_kind(own, None) is None
+
+
+# ---------------------------------------------------------------------- the processor chain
+class _NeedsTheStep(LogitsProcessor):
+    """A user's processor with an argument past (input_ids, scores), as LogitsProcessorList allows."""
+
+    def __call__(self, input_ids, scores, step):
+        return scores + step
+
+
+VOCAB = 12
+
+
+def _processor(draw):
+    """One of transformers' processors (or a user's), with settings that cross its thresholds."""
+    eos = draw(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=2))
+    kind = draw(st.sampled_from(["min_length", "min_new", "repetition", "temperature", "top_k", "top_p",
+                                 "ngram", "suppress", "needs_step"]))  # fmt: skip
+    if kind == "min_length":
+        return MinLengthLogitsProcessor(draw(st.integers(0, 8)), eos)
+    if kind == "min_new":
+        return MinNewTokensLengthLogitsProcessor(draw(st.integers(0, 4)), draw(st.integers(0, 4)), eos)
+    if kind == "repetition":
+        return RepetitionPenaltyLogitsProcessor(draw(st.sampled_from([0.8, 1.3])))
+    if kind == "temperature":
+        return TemperatureLogitsWarper(draw(st.sampled_from([0.5, 1.5])))
+    if kind == "top_k":
+        return TopKLogitsWarper(draw(st.integers(1, VOCAB)))
+    if kind == "top_p":
+        return TopPLogitsWarper(draw(st.sampled_from([0.3, 0.9])))
+    if kind == "ngram":
+        return NoRepeatNGramLogitsProcessor(2)
+    if kind == "suppress":
+        return SuppressTokensLogitsProcessor(eos)
+    return _NeedsTheStep()
+
+
+def _outcome(processors, ids, scores, kwargs):
+    try:
+        return processors(ids, scores.clone(), **kwargs)
+    except ValueError as error:
+        return f"ValueError: {error}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_a_processor_chain_applies_what_a_processor_list_applies_through_any_edits(data):
+    """Oracle: transformers' own ``LogitsProcessorList``, edited and called in the same order. The
+    min-length pairs ``generate(min_new_tokens=)`` prepares appear in the draws, covered or not."""
+    draw = data.draw
+    pair = [
+        MinLengthLogitsProcessor(draw(st.integers(0, 8)), [1]),
+        MinNewTokensLengthLogitsProcessor(2, 3, [1, 2]),
+    ]
+    entries = [_processor(draw) for _ in range(draw(st.integers(0, 4)))]
+    entries[draw(st.integers(0, len(entries))) : 0] = pair
+    chain, reference = ProcessorChain(entries), LogitsProcessorList(entries)
+    for _ in range(draw(st.integers(1, 6))):
+        operation = draw(st.sampled_from(["call", "call", "call", "append", "pop", "replace"]))
+        if operation == "call":
+            width = draw(st.integers(1, 9))
+            ids = torch.tensor([draw(st.lists(st.integers(0, VOCAB - 1), min_size=width, max_size=width))])
+            scores = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(draw(st.integers(0, 99))))
+            kwargs = {"step": 0.5} if draw(st.booleans()) else {}
+            got = _outcome(chain, ids, scores, kwargs)
+            want = _outcome(reference, ids, scores, kwargs)
+            if isinstance(want, str):
+                assert got == want
+            else:
+                assert torch.equal(got, want)
+        elif operation == "append":
+            added = _processor(draw)
+            chain.append(added)
+            reference.append(added)
+        elif operation == "pop" and reference:
+            index = draw(st.integers(0, len(reference) - 1))
+            chain.pop(index)
+            reference.pop(index)
+        elif operation == "replace" and reference:
+            index, added = draw(st.integers(0, len(reference) - 1)), _processor(draw)
+            chain[index] = added
+            reference[index] = added
+
+
+def test_the_min_length_pair_generate_prepares_is_applied_once():
+    """``generate(min_new_tokens=N)`` prepares a minimum-length processor twice over; the chain
+    applies the one, and EOS stays masked for exactly N tokens."""
+    strong = make_model("gpt2", 20, seed=0).eval()
+    prepared = {}
+
+    def keep(model, input_ids, logits_processor, stopping_criteria, generation_config, **kwargs):
+        prepared["list"] = logits_processor
+        return input_ids
+
+    ids = torch.tensor([[5, 6, 7]])
+    strong.generate(
+        ids, custom_generate=keep, min_new_tokens=4, max_new_tokens=6, eos_token_id=2, do_sample=False
+    )
+    names = [type(p).__name__ for p in prepared["list"]]
+    assert names.count("MinLengthLogitsProcessor") == 1 and "MinNewTokensLengthLogitsProcessor" in names
+    chain = ProcessorChain(prepared["list"])
+    assert [type(p).__name__ for p in chain.applied].count("MinLengthLogitsProcessor") == 0
+    for width, masked in [(3, True), (6, True), (7, False)]:
+        scores = chain(torch.full((1, width), 5), torch.zeros(1, 20))
+        assert (scores[0, 2] == -math.inf) == masked

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessorList
 
-from ._compat import accepts_position_ids, forward_with_cache, new_cache, select_cache_rows
+from ._compat import ProcessorChain, accepts_position_ids, forward_with_cache, new_cache, select_cache_rows
 from .scoring import GuidanceState
 
 
@@ -204,7 +204,7 @@ class PairProposer:
         self, state: GuidanceState, warpers: LogitsProcessorList, vocab_rows: int | None, greedy: bool = False
     ) -> None:
         self.state = state
-        self.warpers = warpers
+        self.warpers = ProcessorChain(warpers)
         self.vocab_rows = vocab_rows
         self.greedy = greedy
 

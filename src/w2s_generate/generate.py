@@ -11,7 +11,14 @@ import functools
 import torch
 from transformers import LogitsProcessorList
 
-from ._compat import eos_token_ids, output_rows, pad_token_id, processor_traits, run_builtin_decoding
+from ._compat import (
+    ProcessorChain,
+    eos_token_ids,
+    output_rows,
+    pad_token_id,
+    processor_traits,
+    run_builtin_decoding,
+)
 from .pairs import WeakPair
 from .policies import is_count
 from .processor import WeakToStrongLogitsProcessor
@@ -179,7 +186,7 @@ def insert_before_warpers(processors: LogitsProcessorList, processor) -> LogitsP
     position = len(processors)
     while position > 0 and processor_traits(processors[position - 1]).trailing:
         position -= 1
-    return LogitsProcessorList([*processors[:position], processor, *processors[position:]])
+    return ProcessorChain([*processors[:position], processor, *processors[position:]])
 
 
 def _generate_with_strategy(original, *args, strategy: Strategy | None = None, **kwargs):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from ._compat import prefix_allowed_tokens_fn, processor_traits
+from ._compat import ProcessorChain, prefix_allowed_tokens_fn, processor_traits
 
 
 def check_processors(processors: LogitsProcessorList, strategy_name: str) -> None:
@@ -141,4 +141,4 @@ def processors_for_rows(
             rows.append(PrefixConstraintForRows(prefix_allowed_tokens_fn(processor), prompt_of_row))
         else:
             rows.append(processor)
-    return LogitsProcessorList(rows)
+    return ProcessorChain(rows)
