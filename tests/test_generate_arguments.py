@@ -10,9 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_model
+from transformers import DynamicCache
 from transformers.generation.logits_process import UnbatchedClassifierFreeGuidanceLogitsProcessor
 
 import w2s_generate as w2s
+from w2s_generate._compat import cache_keyword
 from w2s_generate.row_processors import classify
 
 PROMPTS = ["the film was", "terrible pacing, weak characters and", "a"]
@@ -87,6 +89,56 @@ def test_token_guidance_spellings_agree(strong, pair, tokenizer, setting):
         strong, inputs, 5, logits_processor=[w2s.WeakToStrongLogitsProcessor(pair, 1.5)], **kwargs
     )
     assert torch.equal(as_strategy, as_processor)
+
+
+LOOP_SETTINGS = {
+    "sampling": dict(),
+    "greedy": dict(do_sample=False),
+    "two_per_prompt": dict(
+        num_return_sequences=2, repetition_penalty=1.3, prefix_allowed_tokens_fn=only_own_half
+    ),
+    "greedy_min_new_tokens": dict(do_sample=False, min_new_tokens=6, no_repeat_ngram_size=2),
+    "as_dict": dict(return_dict_in_generate=True, bad_words_ids=[[5], [7, 8]]),
+    "output_scores": dict(return_dict_in_generate=True, output_scores=True),  # transformers' loop
+    "callers_cache": dict(return_dict_in_generate=True),  # an empty cache of the caller's, filled
+}
+
+
+@pytest.mark.parametrize("setting", LOOP_SETTINGS)
+def test_token_guidance_own_loop_equals_transformers_loop(strong, pair, tokenizer, setting, monkeypatch):
+    """TokenGuidance samples in its own loop where it can; transformers' loop with the processor is the oracle."""
+    from w2s_generate import generate as generate_module
+
+    own_loop_calls = []
+    own_loop = generate_module._own_loop_call
+    monkeypatch.setattr(
+        generate_module, "_own_loop_call", lambda *a, **k: own_loop_calls.append(1) or own_loop(*a, **k)
+    )
+    inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    kwargs = dict(LOOP_SETTINGS[setting])
+    if kwargs.get("do_sample") is False:
+        kwargs["top_k"] = None
+    for seed in range(2):
+        torch.manual_seed(seed)
+        common = dict(max_new_tokens=14, eos_token_id=EOS, do_sample=True, top_k=40) | kwargs
+        caches = [DynamicCache(), DynamicCache()] if setting == "callers_cache" else [None, None]
+        keyword = cache_keyword(strong)
+        got = strong.generate(
+            **inputs, custom_generate=w2s.TokenGuidance(pair, 1.5), **{keyword: caches[0]}, **common
+        )
+        torch.manual_seed(seed)
+        want = strong.generate(
+            **inputs,
+            logits_processor=[w2s.WeakToStrongLogitsProcessor(pair, 1.5)],
+            **{keyword: caches[1]},
+            **common,
+        )
+        if setting == "callers_cache":
+            assert caches[0].get_seq_length() == caches[1].get_seq_length() > inputs["input_ids"].shape[1]
+        if kwargs.get("return_dict_in_generate"):
+            got, want = got.sequences, want.sequences
+        assert torch.equal(got, want), f"{setting}, seed {seed}"
+    assert len(own_loop_calls) == (0 if setting == "output_scores" else 2)
 
 
 def check_constraints(sequences: torch.Tensor, prompt_width: int, prompts_of_rows: list[int], setting: str):

@@ -1,4 +1,4 @@
-"""Host synchronizations inside a decoding step, counted, so they cannot creep back.
+"""Host synchronizations inside a decoding step, counted and placed, so they cannot creep back.
 
 Every call that moves a tensor's value to the host (``.item()``, ``.tolist()``, ``bool``/``int``/
 ``float`` of a tensor, ``torch.equal``) made from w2s_generate's own code is counted while
@@ -47,13 +47,16 @@ def counting_syncs():
 
 
 def syncs_per_step(model, inputs, make_kwargs) -> tuple[float, dict]:
-    totals = []
+    """The syncs a step makes, and where: ``(per step, {place: per step})``."""
+    runs = []
     for steps in (4, 12):
         with counting_syncs() as counts:
             model.generate(**inputs, **make_kwargs(), min_new_tokens=steps, max_new_tokens=steps)
-        totals.append((sum(counts.values()), counts))
-    (short, _), (long, counts) = totals
-    return (long - short) / 8, counts
+        runs.append(counts)
+    short, long = runs
+    places = {place: (long[place] - short.get(place, 0)) / 8 for place in long}
+    places = {place: n for place, n in places.items() if n}
+    return sum(places.values()), places
 
 
 @pytest.fixture
@@ -67,12 +70,16 @@ def setup(family, tokenizer):
 
 
 @pytest.mark.parametrize("do_sample", [True, False])
-def test_token_guidance_steps_make_no_host_sync(setup, do_sample):
+def test_token_guidance_steps_sync_only_to_ask_whether_every_row_ended(setup, do_sample):
+    """Its decoding loop asks the host once a step whether every row has ended, as transformers'
+    loop does (``this_peer_finished``); the guided processor and the pair's step add nothing."""
     strong, pair, inputs = setup
-    per_step, counts = syncs_per_step(
+    per_step, places = syncs_per_step(
         strong, inputs, lambda: dict(custom_generate=w2s.TokenGuidance(pair, 1.5), do_sample=do_sample)
     )
-    assert per_step == 0, counts
+    assert per_step == 1, places
+    [place] = places
+    assert place.startswith("w2s_generate.candidates:") and place.endswith("__bool__"), places
 
 
 def test_the_processor_path_makes_one_sync_per_step(setup):

@@ -77,6 +77,19 @@ def cache_in_forward_kwargs(kwargs: dict) -> DynamicCache | None:
     return cache if cache is not None else kwargs.get("past_key_values")
 
 
+def decoder_only_output(sequences: torch.Tensor, cache: DynamicCache):
+    """generate's ``GenerateDecoderOnlyOutput`` of ``sequences`` and the cache they were decoded into.
+
+    transformers 5.24 renamed the output's ``past_key_values`` field to ``cache`` with the keyword.
+    """
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    fields = {field.name for field in dataclasses.fields(GenerateDecoderOnlyOutput)}
+    return GenerateDecoderOnlyOutput(
+        sequences=sequences, **{"cache" if "cache" in fields else "past_key_values": cache}
+    )
+
+
 def forward_with_cache(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -135,6 +148,18 @@ def _builds_masks_with_masking_utils(model_class: type) -> bool:
 
     module = sys.modules.get(model_class.__module__)
     return getattr(module, "create_causal_mask", None) is masking_utils.create_causal_mask
+
+
+def sliding_window(model: torch.nn.Module) -> int | None:
+    """The attention window of a sliding-window model (Mistral, Qwen2 with it on, Gemma 2/3), else None."""
+    config = base_model(model).config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not window or not getattr(config, "use_sliding_window", True):
+        return None
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
 
 
 def one_token_mask_kind(model: torch.nn.Module, sliding_window: int | None) -> str | None:

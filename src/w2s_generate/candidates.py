@@ -16,10 +16,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StopStringCriteria
 
-from ._compat import accepts_position_ids, forward_with_cache, new_cache, select_cache_rows
+from ._compat import (
+    accepts_position_ids,
+    base_model,
+    forward_with_cache,
+    new_cache,
+    one_token_mask,
+    one_token_mask_kind,
+    select_cache_rows,
+    sliding_window,
+)
 from .boundaries import ChunkBoundary, token_stop
 from .policies import SearchCost
 from .row_processors import processors_for_rows
@@ -266,8 +275,11 @@ class LocalModelSource(CandidateSource):
         cost: SearchCost,
         stop_string_tokenizer=None,
         pair_rows: int | None = None,
+        greedy: bool = False,
+        cache: DynamicCache | None = None,
     ) -> None:
         self.model = model
+        self.greedy = greedy  # each row takes its most likely token (generate's greedy decoding)
         self.pair_rows = pair_rows  # the pair reads ids below this (None: it reads text)
         self.processors = processors
         self.pad = pad
@@ -278,6 +290,8 @@ class LocalModelSource(CandidateSource):
         self.slots_per_prompt = slots_per_prompt
         self.expand_rows = max(config.num_beams, config.num_return_sequences)
         self.uses_position_ids = accepts_position_ids(model)
+        self.one_token_mask_kind = one_token_mask_kind(model, sliding_window(model))
+        self.dtype = base_model(model).dtype
         self.device = prompt_ids.device
         self.stop_ids = token_stop(boundary, self.device)
         self.stop_strings = (
@@ -298,7 +312,7 @@ class LocalModelSource(CandidateSource):
         # Only chunks that end early leave rows waiting while others draw.
         self.skipped = None if boundary.is_fixed else SkippedDraws(self.batch * slots_per_prompt, self.device)
         # Prefill each prompt once.
-        self.cache = new_cache(model)
+        self.cache = new_cache(model) if cache is None else cache  # an empty one to fill: generate's own
         self.mask = prompt_mask.long()
         self.cost.count_forward(self._present)
         self.logits = self._forward(prompt_ids)
@@ -311,8 +325,12 @@ class LocalModelSource(CandidateSource):
         positions = (
             (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :] if self.uses_position_ids else None
         )
+        mask = self.mask
+        if ids.shape[1] == 1 and self.one_token_mask_kind is not None:
+            # One token behind the cache: its 4-D mask made here in one operation (see _compat).
+            mask = one_token_mask(mask, self.one_token_mask_kind, self.dtype)
         logits = forward_with_cache(
-            self.model, ids, self.mask, self.cache, position_ids=positions, logits_to_keep=1
+            self.model, ids, mask, self.cache, position_ids=positions, logits_to_keep=1
         ).logits[:, -1]
         return mask_rows_past(logits.float(), self.pair_rows)
 
@@ -400,7 +418,12 @@ class LocalModelSource(CandidateSource):
         for step in range(steps):
             view = _compact(self.seqs, self.mask) if holes else self.seqs
             scores = processors(view, logits)
-            tokens = self._draw(torch.softmax(scores, dim=-1), slots, slot_of_row, host_active, host_waiting)
+            if self.greedy:
+                tokens = scores.argmax(-1)
+            else:
+                tokens = self._draw(
+                    torch.softmax(scores, dim=-1), slots, slot_of_row, host_active, host_waiting
+                )
             tokens = torch.where(active, tokens, torch.full_like(tokens, self.pad))
             self.seqs = torch.cat([self.seqs, tokens[:, None]], dim=-1)
             self.mask = torch.cat([self.mask, active[:, None].long()], dim=-1)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import functools
 
 import torch
-from transformers import LogitsProcessorList
+from transformers import DynamicCache, LogitsProcessorList
 
 from ._compat import (
     ProcessorChain,
+    cache_in_forward_kwargs,
+    decoder_only_output,
     eos_token_ids,
     output_rows,
     pad_token_id,
@@ -36,7 +38,7 @@ DRAFTED_NOT_APPLIED = {
 
 
 class TokenGuidance(Strategy):
-    """Token-level guidance as a strategy: the large model's own decoding loop with the guided processor.
+    """Token-level guidance as a strategy: generate's decoding with the guided processor.
 
     The guided processor sits where transformers puts a user's ``logits_processor=``: after its own
     processors (repetition penalty, bad words, minimum length, ...) and before the sampling warpers
@@ -44,6 +46,14 @@ class TokenGuidance(Strategy):
     ``logits_processor=[WeakToStrongLogitsProcessor(pair, beta)]`` decode alike. It is given the
     prompts' real attention mask (all ones when ``generate`` passes none). Greedy, sampling and beam
     search all work.
+
+    Greedy decoding and sampling run in the search's large-model loop, one chunk per row
+    (``LocalModelSource``): the same tokens and random draws as transformers' loop, each prompt
+    prefilled once, and one-token steps that take their attention mask ready-made. Whatever that
+    loop does not do runs in transformers' own loop, which keeps its meaning: beam search,
+    streamers, per-step outputs (``output_scores``, ...), a prefilled or static cache,
+    ``use_cache=False``, model inputs other than ids, a mask and generate's own positions, and
+    decoding without an EOS criterion.
 
     With ``draft_tokens=G`` the weak pair drafts ``G`` tokens per round and the large model verifies
     them in one forward (speculative sampling, see
@@ -57,7 +67,7 @@ class TokenGuidance(Strategy):
         pair: a weak pair sharing the large model's vocabulary.
         beta: guidance strength.
         draft_tokens: tokens the pair drafts per round; ``None`` (or 0) decodes one token per
-            large-model forward, inside transformers' own loop.
+            large-model forward.
 
     Examples:
         >>> out = model.generate(**inputs, custom_generate=TokenGuidance(pair, beta=1.0), do_sample=True,
@@ -126,17 +136,98 @@ class TokenGuidance(Strategy):
         )
         processors = insert_before_warpers(logits_processor, processor)
         streamer = self.bound_streamer
+        stopping = self.extend_stopping_criteria(stopping_criteria)
+        if own_loop_applies(generation_config, stopping, streamer, input_ids, model_kwargs):
+            return _own_loop_call(model, input_ids, processors, stopping, generation_config, model_kwargs)
         if streamer is not None:
             streamer.put(input_ids.cpu())
         return run_builtin_decoding(
             model,
             input_ids,
             processors,
-            self.extend_stopping_criteria(stopping_criteria),
+            stopping,
             generation_config,
             streamer,
             **model_kwargs,
         )
+
+
+#: What generate hands a strategy that the own loop applies as generate's loop would.
+OWN_LOOP_MODEL_KWARGS = frozenset({"attention_mask", "position_ids", "logits_to_keep", "use_cache", "cache",
+                                   "past_key_values"})  # fmt: skip
+
+
+def own_loop_applies(config, stopping, streamer, input_ids: torch.Tensor, model_kwargs: dict) -> bool:
+    """Whether token guidance can decode in its own loop here (see ``_own_loop_call``).
+
+    It does for greedy decoding and sampling into a fresh dynamic cache with an EOS criterion (a row
+    that ends writes the pad id), no streamer and no per-step outputs; everything else (beam search,
+    ``output_scores``, a prefilled or static cache, ``use_cache=False``, inputs other than ids and a
+    mask, positions other than the mask's, no EOS) runs in transformers' loop, which keeps its meaning.
+    """
+    if config.num_beams != 1 or streamer is not None or model_kwargs.get("use_cache") is False:
+        return False
+    if input_ids.shape[1] >= config.max_length:  # generate still samples one token; its loop does that
+        return False
+    if any(getattr(config, option, False) for option in DRAFTED_NOT_APPLIED):
+        return False
+    # Without an EOS criterion transformers lets a row stopped early go on sampling; only its loop does that.
+    if not any(hasattr(criterion, "eos_token_id") for criterion in stopping):
+        return False
+    if not OWN_LOOP_MODEL_KWARGS.issuperset(k for k, v in model_kwargs.items() if v is not None):
+        return False
+    cache = cache_in_forward_kwargs(model_kwargs)
+    if cache is not None and (type(cache) is not DynamicCache or cache.get_seq_length()):
+        return False
+    positions, mask = model_kwargs.get("position_ids"), model_kwargs.get("attention_mask")
+    if positions is None:
+        return True
+    # generate counts positions from the mask, as the own loop does; a caller's own positions keep
+    # transformers' loop. Positions of padding are never attended to: only real tokens' must agree.
+    mask = torch.ones_like(positions) if mask is None else mask.long()
+    if positions.shape != mask.shape:
+        return False
+    counted = mask.cumsum(-1) - 1
+    return torch.equal(positions.masked_fill(mask == 0, 0), counted.masked_fill(mask == 0, 0))
+
+
+def _own_loop_call(model, input_ids, processors, stopping, config, model_kwargs):
+    """Token guidance's sampling or greedy loop: the large model's chunk source, one chunk of the
+    whole response per row.
+
+    The same draws and tokens as transformers' ``_sample`` (rows that end write the pad id, stopping
+    criteria see the processed scores, processors tied to prompts see generate's layout of
+    ``num_return_sequences`` rows a prompt), with each prompt prefilled once, the large model's
+    one-token steps taking a ready-made mask and none of ``generate``'s per-step input preparation.
+    """
+    from .boundaries import ChunkBoundary
+    from .candidates import LocalModelSource
+    from .policies import SearchCost
+
+    rows, width = input_ids.shape
+    per_prompt = config.num_return_sequences  # generate repeated each prompt this often, in order
+    prompts = rows // per_prompt
+    mask = model_kwargs.get("attention_mask")
+    source = LocalModelSource(
+        model,
+        input_ids[::per_prompt],
+        torch.ones_like(input_ids[::per_prompt]) if mask is None else mask[::per_prompt],
+        processors,
+        stopping,
+        config,
+        pad_token_id(config),
+        ChunkBoundary(max_tokens=None),
+        max(config.max_length - width, 0),
+        per_prompt,
+        SearchCost.zeros(prompts),
+        greedy=not config.do_sample,
+        cache=cache_in_forward_kwargs(model_kwargs),
+    )
+    source.expand(range(prompts), [per_prompt] * prompts)
+    source.sample()
+    if not config.return_dict_in_generate:
+        return source.seqs
+    return decoder_only_output(source.seqs, source.cache)
 
 
 def _drafted_call(

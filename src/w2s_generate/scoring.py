@@ -32,6 +32,7 @@ from ._compat import (
     one_token_mask,
     one_token_mask_kind,
     select_cache_rows,
+    sliding_window,
 )
 
 
@@ -88,18 +89,6 @@ class _Group:
     ids: torch.Tensor | None = None  # [S_g*N, T] every token fed so far (to re-feed one after a retraction)
     token_logp: torch.Tensor | None = None  # [S_g*N, T] counted log-prob of each fed token (0 if not counted)
     last_logp: torch.Tensor | None = None  # [S_g*N, V] log-probs of the next token
-
-
-def _sliding_window(model: torch.nn.Module) -> int | None:
-    """The attention window of a sliding-window model (Mistral, Qwen2 with it on, Gemma 2/3), else None."""
-    config = base_model(model).config
-    window = getattr(config, "sliding_window", None)
-    layer_types = getattr(config, "layer_types", None)
-    if not window or not getattr(config, "use_sliding_window", True):
-        return None
-    if layer_types is not None and "sliding_attention" not in layer_types:
-        return None
-    return int(window)
 
 
 def _join_pending(group: _Group) -> None:
@@ -192,7 +181,7 @@ class GuidanceState:
         for index, side in enumerate(sides):
             group = by_model.get(id(side.model))
             if group is None:
-                window = _sliding_window(side.model)
+                window = sliding_window(side.model)
                 group = _Group(
                     model=side.model,
                     side_indices=[],
