@@ -35,7 +35,7 @@ test-min:
 	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
 	$(MIN_VENV)/bin/python -m pip install -q "$(TORCH_PIN)" $(OLDEST_PINS)
 	$(MIN_VENV)/bin/python -m pip install -q -e ".[dev]" $(OLDEST_PINS)
-	$(MIN_VENV)/bin/python -m pytest -q -x -p no:cacheprovider -m "not slow" tests/test_scoring.py tests/test_processor.py tests/test_search.py tests/test_pairs.py tests/test_combined.py tests/test_policies.py
+	$(MIN_VENV)/bin/python -m pytest -q -x -p no:cacheprovider -m "not slow" tests/test_scoring.py tests/test_processor.py tests/test_search.py tests/test_pairs.py tests/test_combined.py tests/test_policies.py tests/test_generate_arguments.py tests/test_host_syncs.py
 
 # A real serving engine: vLLM's CPU build serves SmolLM2-135M-Instruct on 127.0.0.1 for tests/vllm.
 # vLLM pins its own torch and transformers, so it lives in a venv of its own outside the clone (3.4 GB,

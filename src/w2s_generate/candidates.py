@@ -277,8 +277,11 @@ class LocalModelSource(CandidateSource):
         pair_rows: int | None = None,
         greedy: bool = False,
         cache: DynamicCache | None = None,
+        generate_rows: bool = False,
     ) -> None:
         self.model = model
+        # The rows are generate's own, in its layout: its prepared processors apply as they are.
+        self.generate_rows = generate_rows
         self.greedy = greedy  # each row takes its most likely token (generate's greedy decoding)
         self.pair_rows = pair_rows  # the pair reads ids below this (None: it reads text)
         self.processors = processors
@@ -399,7 +402,11 @@ class LocalModelSource(CandidateSource):
         rows = self.seqs.shape[0]
         room = [self.max_new - n for n in self.response_lengths]
         steps = min(self.chunk, max(room))
-        processors = processors_for_rows(self.processors, self.owners, self.batch, self.expand_rows)
+        processors = (
+            self.processors
+            if self.generate_rows
+            else processors_for_rows(self.processors, self.owners, self.batch, self.expand_rows)
+        )
         slots = self._slots()
         in_order = len(slots) == self.batch * self.slots_per_prompt
         slot_of_row = None if in_order else torch.tensor(slots, dtype=torch.long, device=self.device)

@@ -196,8 +196,8 @@ def _own_loop_call(model, input_ids, processors, stopping, config, model_kwargs)
     whole response per row.
 
     The same draws and tokens as transformers' ``_sample`` (rows that end write the pad id, stopping
-    criteria see the processed scores, processors tied to prompts see generate's layout of
-    ``num_return_sequences`` rows a prompt), with each prompt prefilled once, the large model's
+    criteria see the processed scores, generate's prepared processors see generate's own rows), with
+    each prompt prefilled once, the large model's
     one-token steps taking a ready-made mask and none of ``generate``'s per-step input preparation.
     """
     from .boundaries import ChunkBoundary
@@ -222,6 +222,7 @@ def _own_loop_call(model, input_ids, processors, stopping, config, model_kwargs)
         SearchCost.zeros(prompts),
         greedy=not config.do_sample,
         cache=cache_in_forward_kwargs(model_kwargs),
+        generate_rows=True,
     )
     source.expand(range(prompts), [per_prompt] * prompts)
     source.sample()
