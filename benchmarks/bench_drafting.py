@@ -53,6 +53,10 @@ How to run
     python benchmarks/bench_drafting.py --models wide --dtype bfloat16       # also on a CPU
     python benchmarks/bench_drafting.py --models wide --device cuda --dtype bfloat16
 
+With ``--loops``: undrafted ``TokenGuidance`` over the two checkpoints in its own decoding loop and
+in transformers' loop, in a shuffled order each repeat, then the peer for as many steps; paired
+medians (``python benchmarks/bench_drafting.py --models wide --loops --threads 2 --repeats 11``).
+
 With ``--chunk``: CBS(W, K, L) (``--width``, ``--successors``, ``--chunk-length``; default 4, 4, 5)
 against ``ChunkBeamSearch(..., draft_tokens=G)`` for each G (and the longest G drafting from the
 untuned side), wall time per call, large-model forwards per sampled token (from ``out.cost``), the
@@ -316,6 +320,62 @@ def timing(args, m: Models) -> None:
         print(line)
 
 
+def loop_timing(args, m: Models) -> None:
+    """``--loops``: undrafted ``TokenGuidance`` over the two checkpoints in its own loop and in
+    transformers' loop, in a shuffled order each repeat, then the peer for as many steps."""
+    import random
+
+    from bench_token_guidance import in_transformers_loop, paired_line
+
+    tok = m.tokenizer
+    kwargs = dict(
+        do_sample=True,
+        temperature=0.7,
+        top_k=50,
+        max_new_tokens=args.new_tokens,
+        eos_token_id=[tok.eos_token_id],
+        pad_token_id=tok.pad_token_id,
+    )
+    strategy = w2s.TokenGuidance(w2s.WeakPair(m.expert, m.antiexpert, tok), args.beta)
+
+    def builtin(inputs, seed: int) -> Run:
+        with in_transformers_loop():
+            return run(m, inputs, kwargs, strategy, seed)
+
+    loops = {
+        "own loop": lambda inputs, seed: run(m, inputs, kwargs, strategy, seed),
+        "transformers' loop": builtin,
+    }
+    print(
+        f"{args.new_tokens} new tokens, temperature 0.7, top-k 50, beta {args.beta}, {args.repeats} shuffled repeats"
+    )
+    for batch in args.batches:
+        inputs = tok(m.prompts[:batch], return_tensors="pt", padding=True).to(args.device)
+        per_step: dict[str, list[float]] = {name: [] for name in [*loops, PEER]}
+        with torch.no_grad():
+            for repeat in range(-1, args.repeats):  # -1: the warm-up
+                seed = max(repeat, 0)
+                order = list(loops)
+                random.Random(repeat).shuffle(order)
+                runs = {name: loops[name](inputs, seed) for name in order}
+                if runs["own loop"].steps != runs["transformers' loop"].steps:
+                    raise RuntimeError("the two loops decoded different tokens")
+                runs[PEER] = run_peer(m, inputs, runs["own loop"], args.beta, seed, kwargs["temperature"])
+                if repeat >= 0:
+                    for name, r in runs.items():
+                        per_step[name].append(1000 * r.seconds / r.steps)
+        print(
+            f"batch {batch}: "
+            + ", ".join(f"{n} {statistics.median(t):.2f} ms/step" for n, t in per_step.items())
+        )
+        for name, other in [
+            ("own loop", PEER),
+            ("transformers' loop", PEER),
+            ("own loop", "transformers' loop"),
+        ]:
+            print(f"  {paired_line(per_step, name, other)}")
+
+
 @contextlib.contextmanager
 def drafting_sources():
     """The candidate sources the drafted searches inside the block create (for their ``drafted`` and
@@ -483,6 +543,11 @@ def main(argv: list[str] | None = None) -> None:
         "--seeds", type=int, default=3, help="sampling seeds of the --quality run (0, 1, ...)"
     )
     parser.add_argument("--chunk", action="store_true", help="chunk-level search with and without drafting")
+    parser.add_argument(
+        "--loops",
+        action="store_true",
+        help="undrafted TokenGuidance in its own loop and in transformers' loop against the peer",
+    )
     parser.add_argument("--width", type=int, default=4, help="--chunk: beams W (default 4)")
     parser.add_argument(
         "--successors", type=int, default=4, help="--chunk: successors per beam K (default 4)"
@@ -507,6 +572,8 @@ def main(argv: list[str] | None = None) -> None:
     print(counts(m, at_most=0.1 if args.models == "wide" else None))
     if args.chunk:
         chunk_timing(args, m)
+    elif args.loops:
+        loop_timing(args, m)
     else:
         timing(args, m)
         if args.quality:

@@ -44,6 +44,10 @@ How to run
     python benchmarks/bench_token_guidance.py --family llama
     python benchmarks/bench_token_guidance.py --batch 8 --new-tokens 128 --repeats 5
     python benchmarks/bench_token_guidance.py --device cuda --dtype bfloat16
+    python benchmarks/bench_token_guidance.py --loops --no-lora --threads 2 --repeats 21
+
+``--loops`` times only ``TokenGuidance`` in its own decoding loop, the same in transformers' loop and
+the peer, in a fresh random order each repeat, and prints each pair's median per-repeat ratio.
     python benchmarks/bench_token_guidance.py --device cuda --dtype bfloat16 --family gpt2-large
 
 The ``-large`` families (strong ~0.45B, weak ~40M parameters) are for a GPU, where the default
@@ -55,8 +59,10 @@ The default run takes well under two minutes on two CPU cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
+import random
 import shlex
 import statistics
 import sys
@@ -158,6 +164,75 @@ def proxy_tuning(
     return ids
 
 
+# ---------------------------------------------------------------------- own loop against transformers'
+@contextlib.contextmanager
+def in_transformers_loop():
+    """While open, ``TokenGuidance`` decodes in transformers' loop: the gate that sends greedy decoding
+    and sampling to its own loop answers no. Only for timing the two loops side by side."""
+    from w2s_generate import generate as strategies
+
+    gate = strategies.own_loop_applies
+    strategies.own_loop_applies = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        strategies.own_loop_applies = gate
+
+
+def paired_line(times: dict[str, list[float]], name: str, other: str) -> str:
+    """``name``'s time over ``other``'s in the same repeat: the median, and how often it was below 1."""
+    ratios = [a / b for a, b in zip(times[name], times[other])]
+    below = sum(r < 1 for r in ratios)
+    return f"{name} / {other}: x{statistics.median(ratios):.3f} (below 1 in {below} of {len(ratios)} repeats)"
+
+
+def shuffled_repeats(
+    variants: dict[str, Callable[[], object]], repeats: int, seed: int
+) -> dict[str, list[float]]:
+    """Seconds of each variant in each repeat; every repeat runs them all in a fresh random order, so
+    that none always runs after the same other (on two cores a run warms or slows the next)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for repeat in range(repeats):
+        order = list(variants)
+        random.Random(repeat).shuffle(order)
+        for name in order:
+            torch.manual_seed(seed)
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def compare_loops(strong, pair, tuned, untuned, inputs, gen_kwargs, peer_kwargs, args) -> None:
+    """``--loops``: ``TokenGuidance`` in its own loop and in transformers', and the peer, shuffled."""
+    strategy = w2s.TokenGuidance(pair, beta=args.beta)
+
+    def builtin():
+        with in_transformers_loop():
+            return strong.generate(**inputs, **gen_kwargs, custom_generate=strategy)
+
+    variants = {
+        "own loop": lambda: strong.generate(**inputs, **gen_kwargs, custom_generate=strategy),
+        "transformers' loop": builtin,
+        "proxy-tuning loop (peer)": lambda: proxy_tuning(strong, tuned, untuned, inputs, **peer_kwargs),
+    }
+    with torch.no_grad():
+        torch.manual_seed(args.seed)
+        own = variants["own loop"]()
+        torch.manual_seed(args.seed)
+        if not torch.equal(own, builtin()):
+            raise RuntimeError("TokenGuidance's own loop and transformers' loop decoded different tokens")
+        variants["proxy-tuning loop (peer)"]()  # warm-up
+        times = shuffled_repeats(variants, args.repeats, args.seed)
+    n = args.new_tokens
+    print(f"TokenGuidance over two checkpoints, {args.repeats} shuffled repeats (same tokens in both loops)")
+    for name, runs in times.items():
+        print(f"{name:<26} {1000 * statistics.median(runs) / n:8.2f} ms/token (median)")
+    for name, other in [("own loop", "proxy-tuning loop (peer)"), ("transformers' loop", "proxy-tuning loop (peer)"),
+                        ("own loop", "transformers' loop")]:  # fmt: skip
+        print(paired_line(times, name, other))
+
+
 # ---------------------------------------------------------------------- timing
 def timed(run: Callable[[], torch.Tensor], device: torch.device, seed: int) -> tuple[float, torch.Tensor]:
     torch.manual_seed(seed)
@@ -181,6 +256,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--beta", type=float, default=1.0, help="guidance strength (default 1.0)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of top-k 50 sampling")
     parser.add_argument("--no-lora", action="store_true", help="skip the LoRA-pair variant")
+    parser.add_argument(
+        "--loops",
+        action="store_true",
+        help="only TokenGuidance in its own loop, in transformers' loop and the peer, in shuffled order",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of every run (default 0)")
     args = parser.parse_args(argv)
@@ -247,6 +327,19 @@ def main(argv: list[str] | None = None) -> None:
     peer_min_new = LogitsProcessorList(
         [MinNewTokensLengthLogitsProcessor(inputs["input_ids"].shape[1], n, tok.eos_token_id, device=device)]
     )
+
+    if args.loops:
+        peer_kwargs = dict(
+            new_tokens=n,
+            alpha=args.beta,
+            top_k=50,
+            greedy=args.greedy,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            logits_processor=peer_min_new,
+        )
+        compare_loops(strong, two_checkpoints, tuned, untuned, inputs, gen_kwargs, peer_kwargs, args)
+        return
 
     variants: dict[str, Callable[[], torch.Tensor | None]] = {
         "plain generate": lambda: strong.generate(**inputs, **gen_kwargs),

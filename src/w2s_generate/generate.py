@@ -197,8 +197,8 @@ def _own_loop_call(model, input_ids, processors, stopping, config, model_kwargs)
 
     The same draws and tokens as transformers' ``_sample`` (rows that end write the pad id, stopping
     criteria see the processed scores, generate's prepared processors see generate's own rows), with
-    each prompt prefilled once, the large model's
-    one-token steps taking a ready-made mask and none of ``generate``'s per-step input preparation.
+    each prompt prefilled once, the large model's one-token steps taking a ready-made mask and none
+    of ``generate``'s per-step input preparation.
     """
     from .boundaries import ChunkBoundary
     from .candidates import LocalModelSource
