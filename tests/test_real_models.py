@@ -155,6 +155,61 @@ def real_gemma_if_converted():
     return load(folder)
 
 
+def perturbed(model, seed: int):
+    """``model`` with small random changes to every weight: a second model of the same vocabulary."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("large", ["smollm2-chat", "tiny-gemma3"])
+def test_token_guidance_own_loop_equals_transformers_loop_on_real_tokenizers(
+    smol, smol_pair, large, monkeypatch
+):
+    """``TokenGuidance`` decodes greedy and sampled rows in its own loop; transformers' loop with the
+    processor spelling is the oracle, token for token: SmolLM2-135M-Instruct on chat-template prompts
+    with its LoRA pair, and a Gemma-3 (sliding-window layers, 262k SentencePiece vocabulary) with a
+    pair of its own."""
+    from w2s_generate import generate as strategies
+
+    if large == "smollm2-chat":
+        (model, tok), pair = smol, smol_pair
+        chats = [
+            [{"role": "user", "content": "Name a fruit."}],
+            [{"role": "user", "content": "Describe the sea in one short sentence, please."}],
+        ]
+        inputs = tok.apply_chat_template(
+            chats, add_generation_prompt=True, return_tensors="pt", padding=True, return_dict=True
+        )
+        assert not inputs["attention_mask"].all(), "the prompts must be padded"
+    else:
+        model, tok = tiny_gemma3()
+        pair = w2s.WeakPair(perturbed(tiny_gemma3()[0], 1), perturbed(tiny_gemma3()[0], 2), tok)
+        inputs = tok(PROMPTS, return_tensors="pt", padding=True)
+    own_loop_calls = []
+    own_loop = strategies._own_loop_call
+    monkeypatch.setattr(
+        strategies, "_own_loop_call", lambda *a, **k: own_loop_calls.append(1) or own_loop(*a, **k)
+    )
+    for kwargs in (dict(do_sample=True, top_k=50, temperature=0.8), dict(do_sample=False)):
+        torch.manual_seed(1)
+        got = model.generate(
+            **inputs, custom_generate=w2s.TokenGuidance(pair, 1.0), max_new_tokens=12, **kwargs
+        )
+        torch.manual_seed(1)
+        want = model.generate(
+            **inputs,
+            logits_processor=[w2s.WeakToStrongLogitsProcessor(pair, 1.0)],
+            max_new_tokens=12,
+            **kwargs,
+        )
+        assert torch.equal(got, want), kwargs
+    assert len(own_loop_calls) == 2
+
+
 @pytest.mark.parametrize("large", ["tiny-gemma3", pytest.param("gemma-3-270m", marks=pytest.mark.slow)])
 def test_chunk_beam_search_steers_gemma_across_tokenizers(smol_pair, large):
     """A Gemma-3 large model (SentencePiece, 262,144 tokens, <bos>) steered by the SmolLM2 pair
