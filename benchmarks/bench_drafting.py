@@ -252,9 +252,9 @@ def run_peer(m: Models, inputs, like: Run, alpha: float, seed: int, temperature:
     return Run(time.perf_counter() - start, like.tokens, like.steps, like.steps)
 
 
-def timing(args, m: Models) -> None:
-    tok = m.tokenizer
-    kwargs = dict(
+def sampling(args, tok) -> dict:
+    """The sampling settings every timed variant shares: temperature 0.7, top-k 50, EOS and padding."""
+    return dict(
         do_sample=True,
         temperature=0.7,
         top_k=50,
@@ -262,6 +262,11 @@ def timing(args, m: Models) -> None:
         eos_token_id=[tok.eos_token_id],
         pad_token_id=tok.pad_token_id,
     )
+
+
+def timing(args, m: Models) -> None:
+    tok = m.tokenizer
+    kwargs = sampling(args, tok)
     checkpoints = w2s.WeakPair(m.expert, m.antiexpert, tok)
     print(
         f"{args.new_tokens} new tokens, temperature 0.7, top-k 50, beta {args.beta}, median of {args.repeats}"
@@ -328,14 +333,7 @@ def loop_timing(args, m: Models) -> None:
     from bench_token_guidance import in_transformers_loop, paired_line
 
     tok = m.tokenizer
-    kwargs = dict(
-        do_sample=True,
-        temperature=0.7,
-        top_k=50,
-        max_new_tokens=args.new_tokens,
-        eos_token_id=[tok.eos_token_id],
-        pad_token_id=tok.pad_token_id,
-    )
+    kwargs = sampling(args, tok)
     strategy = w2s.TokenGuidance(w2s.WeakPair(m.expert, m.antiexpert, tok), args.beta)
 
     def builtin(inputs, seed: int) -> Run:
@@ -442,15 +440,7 @@ def quality(args, m: Models) -> None:
 def chunk_timing(args, m: Models) -> None:
     """Chunk-level search with and without drafting: wall time, large forwards per sampled token, reward."""
     tok = m.tokenizer
-    kwargs = dict(
-        do_sample=True,
-        temperature=0.7,
-        top_k=50,
-        max_new_tokens=args.new_tokens,
-        eos_token_id=[tok.eos_token_id],
-        pad_token_id=tok.pad_token_id,
-        return_dict_in_generate=True,
-    )
+    kwargs = sampling(args, tok) | dict(return_dict_in_generate=True)
     longest = max(args.gammas)
     shape = (args.width, args.successors, args.chunk_length)
     label = "W={} K={} L={}".format(*shape)

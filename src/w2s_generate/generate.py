@@ -47,7 +47,7 @@ class TokenGuidance(Strategy):
     prompts' real attention mask (all ones when ``generate`` passes none). Greedy, sampling and beam
     search all work.
 
-    Greedy decoding and sampling run in the search's large-model loop, one chunk per row
+    Greedy decoding and sampling run in the searches' large-model loop, one chunk per row
     (``LocalModelSource``): the same tokens and random draws as transformers' loop, each prompt
     prefilled once, and one-token steps that take their attention mask ready-made. Whatever that
     loop does not do runs in transformers' own loop, which keeps its meaning: beam search,
@@ -207,11 +207,11 @@ def _own_loop_call(model, input_ids, processors, stopping, config, model_kwargs)
     rows, width = input_ids.shape
     per_prompt = config.num_return_sequences  # generate repeated each prompt this often, in order
     prompts = rows // per_prompt
-    mask = model_kwargs.get("attention_mask")
+    prompt_ids, mask = input_ids[::per_prompt], model_kwargs.get("attention_mask")
     source = LocalModelSource(
         model,
-        input_ids[::per_prompt],
-        torch.ones_like(input_ids[::per_prompt]) if mask is None else mask[::per_prompt],
+        prompt_ids,
+        torch.ones_like(prompt_ids) if mask is None else mask[::per_prompt],
         processors,
         stopping,
         config,
